@@ -1,0 +1,63 @@
+"""The attention boundary: every variant is a function (q, k, v, mask, rope) -> output.
+
+q, k, v are [batch, length, heads, head_dim] *before* RoPE, so a fused kernel can rotate
+inside itself; the plain variants call `roformer_jax.rope.apply_rope` first. The mask is
+kept compact (key padding + optional packed-segment ids) so O(n)-memory variants never
+build an n x n mask. Variants register by name and are chosen by `ModelConfig.attention`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class AttentionMask:
+  """key_mask [B, Lk] bool (True = attend); segment_ids [B, L] int or None (packed documents)."""
+
+  key_mask: jax.Array
+  segment_ids: jax.Array | None = None
+
+  def dense(self) -> jax.Array:
+    """[B, 1, Lq, Lk] bool; only for variants that materialise scores anyway."""
+    mask = self.key_mask[:, None, None, :]
+    if self.segment_ids is not None:
+      same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+      mask = mask & same[:, None]
+    return mask
+
+
+class AttentionFn(Protocol):
+
+  def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
+               rope: tuple[jax.Array, jax.Array] | None, dropout_rate: float,
+               dropout_rng: jax.Array | None, deterministic: bool, **options) -> jax.Array:
+    ...
+
+
+_REGISTRY: dict[str, Callable[..., jax.Array]] = {}
+
+
+def register(name: str):
+  def wrap(fn):
+    _REGISTRY[name] = fn
+    return fn
+  return wrap
+
+
+def get_attention(name: str) -> AttentionFn:
+  if name not in _REGISTRY:
+    raise ValueError(f"ModelConfig.attention: unknown attention variant {name!r}; known: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def available() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+# Registration happens on import of each variant module (pure: no I/O).
+from roformer_jax.attention import softmax as _softmax  # noqa: E402,F401

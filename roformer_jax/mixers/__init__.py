@@ -1,0 +1,28 @@
+"""Token mixers that are not an attention function: they replace a layer's attention module
+(`TOKEN_MIXERS`) or the whole attention + FFN block (`BLOCKS`, e.g. GAU).
+
+A token mixer is a linen module `Mixer(cfg)` called as `(x, mask, rope, deterministic) -> [B, L, hidden]`;
+a block is `Block(cfg)` called as `(x, mask, rope, deterministic, residual_scale) -> [B, L, hidden]`.
+Both are chosen by `ModelConfig.attention`, like the attention functions.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+TOKEN_MIXERS: dict[str, type[nn.Module]] = {}
+BLOCKS: dict[str, type[nn.Module]] = {}
+
+
+def register_mixer(name: str):
+  def wrap(cls):
+    TOKEN_MIXERS[name] = cls
+    return cls
+  return wrap
+
+
+def register_block(name: str):
+  def wrap(cls):
+    BLOCKS[name] = cls
+    return cls
+  return wrap

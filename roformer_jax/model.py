@@ -1,0 +1,348 @@
+"""RoFormer (v1) and RoFormerV2 encoders as pure Flax linen modules.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`) and every
+main activation is constrained to (`batch`, `length`, ...), so sharding is a rules table away
+(see MaxText). Parameters are float32; the compute dtype comes from the config, while norm
+statistics, softmax and RoPE angles stay float32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from roformer_jax import attention as attention_lib
+from roformer_jax import mixers
+from roformer_jax import rope as rope_lib
+from roformer_jax.config import ModelConfig
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisers
+# ----------------------------------------------------------------------------------------------
+def _v2_init(fan: int, num_layers: int) -> nn.initializers.Initializer:
+  # RoFormerV2 (bert4keras ff75758): truncated normal at +-2 sigma; 1.13684723 = 1/0.8796 restores
+  # unit variance after truncation; the 1/sqrt(layers) factor keeps deep post-norm stacks stable.
+  return nn.initializers.truncated_normal(1.13684723 / math.sqrt(fan) / math.sqrt(num_layers))
+
+
+def _kernel_init(cfg: ModelConfig, fan_in: int) -> nn.initializers.Initializer:
+  if cfg.version == "v2":
+    return _v2_init(fan_in, cfg.num_layers)
+  return nn.initializers.normal(0.02)  # BERT / v1 initializer_range
+
+
+def _param(init, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def _constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
+  return nn.with_logical_constraint(x, axes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------
+class Norm(nn.Module):
+  """v1: LayerNorm with scale and bias; v2: parameter-free RMS norm. Statistics in float32."""
+  cfg: ModelConfig
+  features: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    if self.cfg.version == "v2":
+      y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.cfg.norm_eps)
+    else:
+      mean = jnp.mean(x, axis=-1, keepdims=True)
+      var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)  # biased, as BERT
+      y = (x - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps)
+      scale = self.param("scale", _param(nn.initializers.ones, ("embed",)), (self.features,), jnp.float32)
+      bias = self.param("bias", _param(nn.initializers.zeros, ("embed",)), (self.features,), jnp.float32)
+      y = y * scale + bias
+    return y.astype(dtype)
+
+
+class Dense(nn.Module):
+  """A dense layer over the trailing `in_axes` dims, with logical names for its kernel axes."""
+  cfg: ModelConfig
+  features: tuple[int, ...]
+  kernel_axes: tuple[str | None, ...]
+  in_axes: int = 1
+  use_bias: bool | None = None  # None: as the version says (v1 yes, v2 no)
+  kernel_init: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.in_axes:]
+    fan_in = math.prod(in_shape)
+    init = self.kernel_init or _kernel_init(self.cfg, fan_in)
+    kernel = self.param("kernel", _param(init, self.kernel_axes), in_shape + self.features, jnp.float32)
+    dtype = jnp.dtype(self.cfg.dtype)
+    contract = tuple(range(x.ndim - self.in_axes, x.ndim))
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
+                            ((contract, tuple(range(self.in_axes))), ((), ())))
+    use_bias = self.cfg.use_bias if self.use_bias is None else self.use_bias
+    if use_bias:
+      bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[-len(self.features):]),
+                        self.features, jnp.float32)
+      y = y + bias.astype(dtype)
+    return y
+
+
+def _activation(cfg: ModelConfig, x: Array) -> Array:
+  # v1: exact erf GELU (JAX defaults to the tanh approximation); v2: ReLU.
+  return jax.nn.relu(x) if cfg.version == "v2" else jax.nn.gelu(x, approximate=False)
+
+
+class SelfAttention(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
+               deterministic: bool) -> Array:
+    cfg = self.cfg
+    heads = (cfg.num_heads, cfg.head_size)
+    q = Dense(cfg, heads, ("embed", "heads", "kv"), name="query")(x)
+    k = Dense(cfg, heads, ("embed", "heads", "kv"), name="key")(x)
+    v = Dense(cfg, heads, ("embed", "heads", "kv"), name="value")(x)
+    q, k, v = (_constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
+    if cfg.rotary_value:
+      v = rope_lib.apply_rope(v, *rope)
+    attend = attention_lib.get_attention(cfg.attention)
+    dropout_rng = None
+    if not deterministic and cfg.attention_dropout > 0:
+      dropout_rng = self.make_rng("dropout")
+    out = attend(q, k, v, mask, rope=rope, dropout_rate=cfg.attention_dropout, dropout_rng=dropout_rng,
+                 deterministic=deterministic, **dict(cfg.attention_options))
+    out = _constrain(out, ("batch", "length", "heads", "kv"))
+    return Dense(cfg, (cfg.hidden_size,), ("heads", "kv", "embed"), in_axes=2, name="output")(out)
+
+
+class FeedForward(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    h = Dense(cfg, (cfg.intermediate_size,), ("embed", "mlp"), name="intermediate")(x)
+    h = _constrain(_activation(cfg, h), ("batch", "length", "mlp"))
+    return Dense(cfg, (cfg.hidden_size,), ("mlp", "embed"), name="output")(h)
+
+
+class EncoderLayer(nn.Module):
+  """Post-norm block: x = Norm(x + a * Mix(x)); x = Norm(x + a * FFN(x)).
+
+  `Mix` is self-attention (any attention function) or a registered token mixer; a registered
+  block (GAU) replaces both halves. `residual_scale` (a) is the RoFormerV2 recipe's warm-up
+  factor, 1 at inference. With `scanned`, returns (x, None) as nn.scan wants.
+  """
+  cfg: ModelConfig
+  scanned: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
+               deterministic: bool, residual_scale: Array | float = 1.0):
+    cfg = self.cfg
+    if cfg.attention in mixers.BLOCKS:
+      x = mixers.BLOCKS[cfg.attention](cfg, name="block")(x, mask, rope, deterministic, residual_scale)
+    else:
+      drop = nn.Dropout(cfg.hidden_dropout, deterministic=deterministic)
+      mixer = mixers.TOKEN_MIXERS.get(cfg.attention, SelfAttention)
+      a = mixer(cfg, name="attention")(x, mask, rope, deterministic)
+      x = Norm(cfg, cfg.hidden_size, name="attention_norm")(x + residual_scale * drop(a))
+      x = _constrain(x, ("batch", "length", "embed"))
+      f = FeedForward(cfg, name="ffn")(x)
+      x = Norm(cfg, cfg.hidden_size, name="ffn_norm")(x + residual_scale * drop(f))
+    x = _constrain(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
+
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls
+}
+
+
+def _layer_class(cfg: ModelConfig):
+  cls = EncoderLayer
+  if cfg.remat != "none":
+    # argnum 4 (self=0, x, mask, rope, deterministic) is a Python bool: static for remat.
+    cls = nn.remat(cls, static_argnums=(4,), policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+  if cfg.scan_layers:
+    cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                  in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+                  metadata_params={nn.PARTITION_NAME: "layers"})
+  return cls
+
+
+class Embeddings(nn.Module):
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    init = _v2_init(cfg.embed_size, cfg.num_layers) if cfg.version == "v2" else nn.initializers.normal(0.02)
+    self.word_embeddings = self.param("word_embeddings", _param(init, ("vocab", "embed")),
+                                      (cfg.vocab_size, cfg.embed_size), jnp.float32)
+    self.token_type_embeddings = self.param("token_type_embeddings", _param(init, (None, "embed")),
+                                            (cfg.type_vocab_size, cfg.embed_size), jnp.float32)
+    self.norm = Norm(cfg, cfg.embed_size)
+    self.dropout = nn.Dropout(cfg.hidden_dropout)
+    if cfg.embed_size != cfg.hidden_size:
+      self.project = Dense(cfg, (cfg.hidden_size,), (None, "embed"))
+
+  def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+    cfg = self.cfg
+    dtype = jnp.dtype(cfg.dtype)
+    x = (jnp.take(self.word_embeddings, input_ids, axis=0) +
+         jnp.take(self.token_type_embeddings, token_type_ids, axis=0)).astype(dtype)
+    if cfg.version == "v2":  # bert4keras order: dropout, then norm (v1: norm, then dropout)
+      x = self.norm(self.dropout(x, deterministic=deterministic))
+    else:
+      x = self.dropout(self.norm(x), deterministic=deterministic)
+    if cfg.embed_size != cfg.hidden_size:
+      x = self.project(x)
+    return _constrain(x, ("batch", "length", "embed"))
+
+  def attend(self, h: Array) -> Array:
+    """Tied decoder: h @ E^T, accumulated and returned in float32."""
+    e = self.word_embeddings.astype(h.dtype)
+    return jnp.einsum("...e,ve->...v", h, e, preferred_element_type=jnp.float32)
+
+
+def _default_mask(input_ids: Array, attention_mask: Array | None, pad_token_id: int) -> Array:
+  if attention_mask is None:
+    return input_ids != pad_token_id
+  return attention_mask.astype(bool)
+
+
+class RoFormerModel(nn.Module):
+  """The encoder: returns hidden states [batch, length, hidden] in the compute dtype.
+
+  Args (to __call__):
+    input_ids: [B, L] int token ids.
+    token_type_ids: [B, L] segment ids; zeros if None.
+    attention_mask: [B, L], 1 = real token; if None, id `pad_token_id` (0) is padding.
+    position_ids: [B, L] or [L] explicit RoPE positions; 0..L-1 if None.
+    segment_ids: [B, L] packed-document ids; attention never crosses documents when given.
+    residual_scale: the RoFormerV2 residual warm-up factor alpha (1 = plain post-norm).
+  """
+  cfg: ModelConfig
+
+  def setup(self):
+    self.embeddings = Embeddings(self.cfg)
+    layer = _layer_class(self.cfg)
+    if self.cfg.scan_layers:
+      self.layers = layer(self.cfg, scanned=True, name="layers")
+    else:
+      self.layers = [layer(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+
+  def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
+               *, position_ids: Array | None = None, segment_ids: Array | None = None,
+               deterministic: bool = True, residual_scale: Array | float = 1.0) -> Array:
+    cfg = self.cfg
+    batch, length = input_ids.shape
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    mask = attention_lib.AttentionMask(_default_mask(input_ids, attention_mask, cfg.pad_token_id), segment_ids)
+    if position_ids is None:
+      position_ids = rope_lib.default_positions(batch, length)
+    position_ids = jnp.broadcast_to(position_ids, (batch, length))
+    rope = rope_lib.rope_angles(position_ids, cfg.head_size, cfg.rope_base)
+    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    if self.cfg.scan_layers:
+      x, _ = self.layers(x, mask, rope, deterministic, residual_scale)
+    else:
+      for layer in self.layers:
+        x = layer(x, mask, rope, deterministic, residual_scale)
+    return x
+
+
+def gather_positions(x: Array, positions: Array) -> Array:
+  """x [B, L, ...] at positions [B, P] -> [B, P, ...]."""
+  idx = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, idx, axis=1)
+
+
+class MLMHead(nn.Module):
+  """v1: dense + GELU + LayerNorm, then the tied decoder + output bias. v2: the tied decoder only."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, h: Array, embeddings: Embeddings) -> Array:
+    cfg = self.cfg
+    if cfg.version == "v1":
+      h = Dense(cfg, (cfg.embed_size,), (None, "embed"), name="transform")(h)
+      h = Norm(cfg, cfg.embed_size, name="norm")(_activation(cfg, h))
+    logits = embeddings.attend(h)
+    if cfg.version == "v1":
+      bias = self.param("bias", _param(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,), jnp.float32)
+      logits = logits + bias
+    return logits
+
+
+class RoFormerForMaskedLM(nn.Module):
+  """Encoder + MLM head. Returns float32 logits [B, L, V], or [B, P, V] at `masked_positions` [B, P].
+
+  The gathered form is what training uses: logits are never materialised for unmasked tokens.
+  """
+  cfg: ModelConfig
+
+  def setup(self):
+    self.roformer = RoFormerModel(self.cfg)
+    self.mlm = MLMHead(self.cfg)
+
+  def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
+               *, masked_positions: Array | None = None, position_ids: Array | None = None,
+               segment_ids: Array | None = None, deterministic: bool = True,
+               residual_scale: Array | float = 1.0) -> Array:
+    h = self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
+                      segment_ids=segment_ids, deterministic=deterministic, residual_scale=residual_scale)
+    if masked_positions is not None:
+      h = gather_positions(h, masked_positions)
+    logits = self.mlm(h, self.roformer.embeddings)
+    return _constrain(logits, ("batch", "length", "vocab"))
+
+
+def init_params(model: nn.Module, rng: jax.Array, length: int = 8) -> dict:
+  """Unboxed float32 params for `model` (logical axis metadata stripped)."""
+  ids = jnp.ones((1, length), jnp.int32)
+  return nn.meta.unbox(model.init(rng, ids)["params"])
+
+
+def logical_axes(model: nn.Module, length: int = 8) -> dict:
+  """The params tree with each leaf replaced by its logical axis names (a PartitionSpec)."""
+  ids = jnp.ones((1, length), jnp.int32)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), ids))["params"]
+  return nn.get_partition_spec(boxed)
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """Per-layer params (`layer_0` ... `layer_{L-1}`) -> the scanned layout (`layers`, leading axis L).
+
+  Works on the encoder's tree or on the MLM model's (which nests it under `roformer`).
+  """
+  if "roformer" in params:
+    return {**params, "roformer": stack_layers(params["roformer"], num_layers)}
+  layers = [params[f"layer_{i}"] for i in range(num_layers)]
+  rest = {k: v for k, v in params.items() if not k.startswith("layer_")}
+  return {**rest, "layers": jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)}
+
+
+def unstack_layers(params: dict) -> dict:
+  """The scanned layout -> per-layer params (the inverse of `stack_layers`)."""
+  if "roformer" in params:
+    return {**params, "roformer": unstack_layers(params["roformer"])}
+  if "layers" not in params:
+    return params
+  stacked = params["layers"]
+  n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in params.items() if k != "layers"}
+  return {**rest, **{f"layer_{i}": jax.tree_util.tree_map(lambda x: x[i], stacked) for i in range(n)}}
