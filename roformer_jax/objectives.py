@@ -1,0 +1,48 @@
+"""Loss functions for the shared train step: they return sums, and `stats["weight"]` to divide by."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _mlm_logits(model: nn.Module, params: Any, batch: dict, **kwargs) -> jax.Array:
+  segments = batch.get("segment_ids")
+  return model.apply(
+      {"params": params}, batch["input_ids"], batch.get("token_type_ids"),
+      None if segments is None else segments > 0,  # 0 marks padding in packed rows
+      masked_positions=batch["masked_positions"], position_ids=batch.get("positions"),
+      segment_ids=segments, **kwargs)
+
+
+def _mlm_sums(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+  labels, weights = batch["masked_labels"], batch["masked_weights"].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  return jnp.sum(ce * weights), {"weight": jnp.sum(weights), "accuracy": jnp.sum(correct * weights)}
+
+
+def masked_lm_loss(model: nn.Module, residual_warmup_steps: int = 0):
+  """Gathered-head MLM loss: logits only at `masked_positions`, summed over `masked_weights`.
+
+  With `residual_warmup_steps`, the RoFormerV2 residual factor alpha rises linearly 0 -> 1.
+  """
+  def loss_fn(params, batch, rng, step):
+    alpha = 1.0
+    if residual_warmup_steps > 0:
+      alpha = jnp.minimum(1.0, step.astype(jnp.float32) / residual_warmup_steps)
+    logits = _mlm_logits(model, params, batch, deterministic=False, rngs={"dropout": rng}, residual_scale=alpha)
+    return _mlm_sums(logits, batch)
+  return loss_fn
+
+
+def masked_lm_eval(model: nn.Module):
+  """Deterministic MLM sums for evaluation: loss, correct predictions and weight."""
+  def eval_fn(params, batch):
+    loss, stats = _mlm_sums(_mlm_logits(model, params, batch, deterministic=True), batch)
+    return dict(stats, loss=loss)
+  return eval_fn

@@ -1,0 +1,83 @@
+"""Orbax checkpoints of the train state (+ the grain iterator), restored onto abstract targets.
+
+Saves are asynchronous and atomic (orbax writes a temporary directory and renames it when the
+save commits), so a crash or SIGKILL mid-save leaves the earlier checkpoints restorable. Restores
+always target `jax.ShapeDtypeStruct`s carrying the *current* mesh's shardings, so a checkpoint
+moves between device counts, meshes and process counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _grain_handler():
+  import grain.checkpoint  # lazy: only when an iterator is checkpointed
+  return grain.checkpoint
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints plus every `keep_every`-th step; saves every `save_every`."""
+
+  def __init__(self, directory: str | Path, *, save_every: int, keep: int = 3, keep_every: int | None = None,
+               async_save: bool = True, with_iterator: bool = True):
+    self.directory = Path(directory).absolute() if "://" not in str(directory) else directory
+    self.with_iterator = with_iterator
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    if with_iterator:
+      handlers["iter"] = _grain_handler().CheckpointHandler()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, iterator: Any = None, *, force: bool = False) -> bool:
+    """Starts a save if the policy (or `force`) says so; returns whether one started."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if self.with_iterator and iterator is not None:
+      items["iter"] = _grain_handler().CheckpointSave(iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, abstract_state: Any, iterator: Any = None, step: int | None = None,
+              restore_iterator: bool = True) -> tuple[Any, int] | None:
+    """(state, step) from `step`, or from the latest readable checkpoint; None if there is none.
+
+    A latest checkpoint that cannot be read (truncated, corrupt) is reported by name and the
+    previous one is tried. `iterator` is restored in place when given.
+    """
+    steps = [step] if step is not None else list(reversed(self.all_steps()))
+    for s in steps:
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if self.with_iterator and restore_iterator and iterator is not None:
+        items["iter"] = _grain_handler().CheckpointRestore(iterator)
+      try:
+        restored = self.manager.restore(s, args=ocp.args.Composite(**items))
+      except Exception as e:  # noqa: BLE001 -- any read failure means "try the previous one"
+        msg = f"checkpoint {self.directory}/{s} could not be restored ({type(e).__name__}: {e})"
+        if step is not None:
+          raise RuntimeError(msg) from e
+        log.warning("%s; falling back to the previous checkpoint", msg)
+        print(f"WARNING: {msg}; falling back to the previous checkpoint", flush=True)
+        continue
+      return restored["state"], s
+    return None
+
+  def path(self, step: int) -> str:
+    return f"{self.directory}/{step}"
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

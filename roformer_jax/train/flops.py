@@ -1,0 +1,63 @@
+"""Analytic model FLOPs (jax-anchors.md §5, MaxText's conventions) and the peak they are divided by.
+
+Bidirectional attention is counted in full (no causal halving) and the MLM head only at the
+gathered positions, since that is all the step computes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from roformer_jax.config import ModelConfig
+
+# bf16 dense peak per JAX device (levanter's table; H100 without sparsity).
+PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v5": 459e12,
+             "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+             "NVIDIA A100": 312e12}
+
+
+def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None = None) -> float:
+  """Matmul FLOPs of one forward pass; `predictions` per sequence for the gathered head (None = all)."""
+  d, ff, heads_dim = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_size
+  tokens = batch * seq
+  per_layer = (2 * tokens * d * 3 * heads_dim     # q, k, v
+               + 2 * tokens * heads_dim * d       # output projection
+               + 4 * batch * seq * seq * heads_dim  # q k^T and p v, not halved: bidirectional
+               + 2 * tokens * d * ff * 2)         # FFN, two matrices
+  p = batch * (seq if predictions is None else predictions)
+  head = 2 * p * cfg.embed_size * cfg.vocab_size
+  if cfg.version == "v1":
+    head += 2 * p * d * cfg.embed_size  # MLM transform
+  return float(cfg.num_layers * per_layer + head)
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None = None) -> float:
+  """Forward + backward (x3) FLOPs of one train step."""
+  return 3.0 * forward_flops(cfg, batch, seq, predictions)
+
+
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
+  """FLOP/s of one n x n matmul on the default device, measured in this process (median)."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / sorted(times)[len(times) // 2]
+
+
+def device_peak(compute_dtype: str = "bfloat16") -> tuple[float, str]:
+  """(peak FLOP/s per device, where the figure comes from). Accelerators: the bf16 spec table;
+  CPUs (and unknown devices): a matmul measured now in the compute dtype's closest fast type."""
+  kind = jax.devices()[0].device_kind
+  for name, peak in PEAK_BF16.items():
+    if kind.startswith(name):
+      return peak, f"spec bf16 peak of {kind}"
+  dtype = jnp.float32 if compute_dtype == "float32" or jax.default_backend() == "cpu" else jnp.bfloat16
+  return measure_matmul_peak(dtype), f"measured {jnp.dtype(dtype).name} matmul on {kind}"

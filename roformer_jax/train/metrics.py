@@ -1,0 +1,83 @@
+"""Run output: a progress line, `metrics.jsonl`, TensorBoard events. Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _fmt_eta(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class MetricsWriter:
+
+  def __init__(self, workdir: str | Path, total_steps: int, enabled: bool = True, tensorboard: bool = True):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      workdir = Path(workdir)
+      workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
+      if tensorboard:
+        from tensorboardX import SummaryWriter  # lazy: only the writing process needs it
+        self._tb = SummaryWriter(str(workdir))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step" and isinstance(v, (int, float)):
+          self._tb.add_scalar(k, v, step)
+
+  def progress(self, step: int, m: dict[str, Any], elapsed_s: float, steps_done: int) -> None:
+    if not self.enabled:
+      return
+    eta = elapsed_s / max(steps_done, 1) * (self.total_steps - step)
+    parts = [f"step {step}/{self.total_steps}", f"loss {m['loss']:.4f}", f"mlm_acc {m.get('accuracy', 0):.4f}",
+             f"lr {m['learning_rate']:.2e}", f"gnorm {m['grad_norm']:.3f}", f"{m['tokens_per_s']:,.0f} tok/s",
+             f"MFU {100 * m['mfu']:.1f}%", f"ETA {_fmt_eta(eta)}"]
+    print(" | ".join(parts), flush=True)
+
+  def log(self, text: str) -> None:
+    if self.enabled:
+      print(text, file=sys.stdout, flush=True)
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+def _scalar(v: Any) -> Any:
+  try:
+    f = float(v)
+  except (TypeError, ValueError):
+    return v
+  return f if math.isfinite(f) else str(f)
+
+
+class Timer:
+  """Wall time of steps between log points, excluding the first (compile) step."""
+
+  def __init__(self):
+    self.start = time.perf_counter()
+
+  def lap(self) -> float:
+    now = time.perf_counter()
+    dt, self.start = now - self.start, now
+    return dt

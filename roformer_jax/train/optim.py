@@ -1,0 +1,75 @@
+"""Optimiser factory: LAMB (the RoFormerV2 recipe) or AdamW, warm-up + decay, decay masks, clipping.
+
+Gradient accumulation is not here: the train step accumulates token-weighted sums across
+micro-batches itself, so the loss is normalised by the masked tokens of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, decay: str = "linear",
+                  end_factor: float = 0.0, points: Mapping[int, float] | None = None) -> optax.Schedule:
+  """Linear warm-up from 0, then `decay` of the peak: constant, linear or cosine to end_factor * lr,
+  or piecewise-linear through `points` {step: factor} (bert4keras' `lr_schedule`, which starts at 0)."""
+  if decay == "piecewise":
+    if not points:
+      raise ValueError("optimizer.schedule: decay='piecewise' needs optimizer.points {step: factor}")
+    steps = jnp.array([0] + sorted(int(s) for s in points), jnp.float32)
+    factors = jnp.array([0.0] + [float(points[s]) for s in sorted(points, key=int)], jnp.float32)
+    return lambda step: learning_rate * jnp.interp(jnp.asarray(step, jnp.float32), steps, factors)
+  if total_steps <= warmup_steps and decay != "constant":
+    raise ValueError(f"optimizer: total steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+  warm = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
+  rest = max(total_steps - warmup_steps, 1)
+  if decay == "constant":
+    after = optax.constant_schedule(learning_rate)
+  elif decay == "linear":
+    after = optax.linear_schedule(learning_rate, learning_rate * end_factor, rest)
+  elif decay == "cosine":
+    after = optax.cosine_decay_schedule(learning_rate, rest, alpha=end_factor)
+  else:
+    raise ValueError(f"optimizer.decay: unknown schedule {decay!r}; expected constant, linear, cosine or piecewise")
+  return optax.join_schedules([warm, after], [warmup_steps])
+
+
+def decay_mask(params: Any, exclude: Sequence[str]) -> Any:
+  """True where weight decay applies: every leaf whose '/'-joined path matches no `exclude` regex."""
+  patterns = [re.compile(p) for p in exclude]
+
+  def keep(path, _):
+    name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return not any(p.search(name) for p in patterns)
+
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+                   weight_decay: float = 0.01, decay_exclude: Sequence[str] = (),
+                   clip_norm: float = 0.0) -> optax.GradientTransformation:
+  """LAMB or AdamW with optional global-norm clipping; decay is masked by `decay_exclude` regexes."""
+  mask = (lambda p: decay_mask(p, decay_exclude)) if decay_exclude else None
+  if name == "lamb":
+    tx = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+  elif name == "adamw":
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+  else:
+    raise ValueError(f"optimizer.name: unknown optimiser {name!r}; expected 'lamb' or 'adamw'")
+  if clip_norm and clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
+  return tx
+
+
+def from_config(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimiser, schedule) from an `optimizer` ConfigDict section."""
+  schedule = make_schedule(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.decay, cfg.get("end_factor", 0.0),
+                           cfg.get("points", None))
+  tx = make_optimizer(cfg.name, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                      decay_exclude=tuple(cfg.get("decay_exclude", ())), clip_norm=cfg.get("clip_norm", 0.0))
+  return tx, schedule

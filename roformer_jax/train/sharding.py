@@ -1,0 +1,94 @@
+"""One device mesh (`data`, `fsdp`, `tensor`) and one rules table from logical axis names to it.
+
+Model code only names axes (`embed`, `mlp`, `heads`, ...); this table decides where they live,
+so data parallel, FSDP and tensor parallel are config changes, not code changes (MaxText, lm1b).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis -> mesh axes, in priority order. A mesh axis already used by an earlier dim of the
+# same array is skipped (flax resolves this), so activations [batch, length, embed] put batch on
+# (data, fsdp) while parameters [vocab, embed] put embed on fsdp.
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+  """Resolves one -1 entry to fill the devices; checks that the product matches."""
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one of mesh.data/mesh.fsdp/mesh.tensor may be -1, got {sizes}")
+  for name, s in zip(MESH_AXES, sizes):
+    if s == 0 or s < -1:
+      raise ValueError(f"mesh.{name} must be a positive size or -1, got {s}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes {sizes}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh: data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
+                     f"but there are {num_devices} devices")
+  return tuple(sizes)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(data, fsdp, tensor, len(devices))
+  try:
+    grid = mesh_utils.create_device_mesh(shape, devices=devices)
+  except (ValueError, NotImplementedError, AssertionError):
+    grid = np.asarray(devices).reshape(shape)  # CPU or unusual topologies
+  return Mesh(grid, MESH_AXES)
+
+
+def logical_to_sharding(specs: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+  """A tree of logical PartitionSpecs -> a tree of NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+  """Batch-major arrays: the leading dim over (data, fsdp), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process numpy batch -> global jax arrays sharded over the batch axes.
+
+  Each process passes only its own rows (its data shard); the global batch is their concatenation
+  in process order.
+  """
+  return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
+
+
+def bytes_per_device(tree: Any) -> dict[Any, int]:
+  """Bytes each device holds of a tree of jax.Arrays (for checking that a layout really shards)."""
+  out: dict[Any, int] = {}
+  for x in jax.tree_util.tree_leaves(tree):
+    for shard in x.addressable_shards:
+      out[shard.device] = out.get(shard.device, 0) + shard.data.nbytes
+  return out
