@@ -1,0 +1,126 @@
+"""Ahead-of-time compilation of the real pretraining step for a TPU topology, on this CPU.
+
+  python -m roformer_jax.bench aot --topology v5e:16x16 --preset roformer_v2_large --batch 1024 --seq 512
+
+Needs libtpu (`pip install 'jax[tpu]'`; no TPU is used). Prints one JSON line with per-chip
+argument / temporary / total HBM bytes, XLA's FLOP and byte counts, a step-time estimate and the
+MFU it implies; exits 2 with a clear message when the layout does not fit the chip's HBM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+from roformer_jax.bench.common import today
+
+# Per-chip HBM (bytes), bf16 dense peak (FLOP/s) and HBM bandwidth (bytes/s), public spec sheets.
+CHIPS = {
+    "v4": (32 * 2**30, 275e12, 1.2e12),
+    "v5e": (16 * 2**30, 197e12, 0.82e12),
+    "v5p": (95 * 2**30, 459e12, 2.76e12),
+    "v6e": (32 * 2**30, 918e12, 1.64e12),
+}
+
+
+def topology_devices(topology: str):
+  """TPU device objects for e.g. 'v5e:16x16' or 'v4:2x2x4' (no hardware needed)."""
+  from jax.experimental import topologies
+  family = topology.split(":")[0]
+  if family not in CHIPS:
+    raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
+  try:
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+  except Exception as e:  # noqa: BLE001 -- libtpu missing or a bad shape: say which
+    raise SystemExit(f"aot: cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}). "
+                     "Is libtpu installed (pip install 'jax[tpu]')?") from None
+
+
+def compile_step(model_cfg, devices, mesh_axes: tuple[int, int, int], batch: int, seq: int, predictions: int,
+                 optimizer: str = "lamb"):
+  """Lowers and compiles the pretraining train step for `devices`; returns (compiled, mesh)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from roformer_jax import objectives
+  from roformer_jax.model import RoFormerForMaskedLM
+  from roformer_jax.train import optim, sharding, step as step_lib
+
+  model = RoFormerForMaskedLM(model_cfg)
+  mesh = sharding.make_mesh(*mesh_axes, devices=devices)
+  schedule = optim.make_schedule(1e-3, 100, 1000)
+  tx = optim.make_optimizer(optimizer, schedule)
+  init = lambda rng: model.init(rng, np.ones((1, 8), np.int32))["params"]
+  abstract, shardings = step_lib.abstract_state(init, tx, mesh)
+  shapes = {"input_ids": (batch, seq), "token_type_ids": (batch, seq), "segment_ids": (batch, seq),
+            "positions": (batch, seq), "masked_positions": (batch, predictions),
+            "masked_labels": (batch, predictions), "masked_weights": (batch, predictions)}
+  abstract_batch = {k: jax.ShapeDtypeStruct(s, jnp.float32 if k == "masked_weights" else jnp.int32,
+                                            sharding=sharding.batch_sharding(mesh, 2)) for k, s in shapes.items()}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    train = step_lib.make_train_step(objectives.masked_lm_loss(model), tx, schedule, shardings, mesh)
+    return train.lower(abstract, abstract_batch).compile(), mesh
+
+
+def analyse(compiled, model_cfg, family: str, chips: int, batch: int, seq: int, predictions: int) -> dict:
+  from roformer_jax.train import flops
+  hbm, peak, bandwidth = CHIPS[family]
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  args, temp, out, alias = (mem.argument_size_in_bytes, mem.temp_size_in_bytes, mem.output_size_in_bytes,
+                            mem.alias_size_in_bytes)
+  total = args + temp + out - alias  # donated outputs alias their arguments
+  xla_flops = float(cost.get("flops", float("nan")))
+  xla_bytes = float(cost.get("bytes accessed", float("nan")))
+  xla_seconds = float(cost.get("optimal_seconds", -1.0))
+  # XLA's per-chip counts through a roofline: the larger of compute time and HBM-traffic time.
+  roofline = max(xla_flops / peak, xla_bytes / bandwidth)
+  est = xla_seconds if xla_seconds > 0 else roofline
+  model_flops = flops.train_flops(model_cfg, batch, seq, predictions)
+  return {"argument_bytes": int(args), "temp_bytes": int(temp), "output_bytes": int(out), "alias_bytes": int(alias),
+          "total_bytes": int(total), "hbm_bytes": hbm, "fits": total <= hbm,
+          "xla_flops_per_chip": xla_flops, "xla_bytes_per_chip": xla_bytes,
+          "est_step_s": est, "est_source": "xla optimal_seconds" if xla_seconds > 0 else "roofline of XLA cost analysis",
+          "model_flops": model_flops, "est_mfu": model_flops / (est * chips * peak) if est > 0 else None,
+          "tokens_per_s_per_chip": batch * seq / est / chips if est > 0 else None}
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="roformer-bench aot")
+  p.add_argument("--topology", required=True, help="e.g. v5e:16x16, v4:2x2x4, v5p:4x4x4, v5e:2x2")
+  p.add_argument("--preset", default="roformer_v2_base")
+  p.add_argument("--batch", type=int, required=True, help="global batch")
+  p.add_argument("--seq", type=int, default=512)
+  p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.2 * seq)")
+  p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 fills)")
+  p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--remat", default="dots")
+  p.add_argument("--scan", action="store_true",
+                 help="nn.scan over layers (faster compile, but XLA's cost analysis then counts one layer)")
+  p.add_argument("--attention", default="softmax")
+  a = p.parse_args(argv)
+
+  import roformer_jax as rj
+  family = a.topology.split(":")[0]
+  devices = topology_devices(a.topology)
+  cfg = rj.get_config(a.preset, dtype=a.dtype, remat=a.remat, scan_layers=a.scan, attention=a.attention)
+  preds = a.predictions or math.ceil(0.2 * a.seq)
+  mesh_axes = tuple(int(x) for x in a.mesh.split(","))
+  compiled, mesh = compile_step(cfg, devices, mesh_axes, a.batch, a.seq, preds)
+  result = {"topology": a.topology, "chips": len(devices), "device_kind": devices[0].device_kind,
+            "preset": a.preset, "batch": a.batch, "seq": a.seq, "mesh": dict(mesh.shape), "dtype": a.dtype,
+            "remat": a.remat, "scan_layers": a.scan, "date": today(), **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds)}
+  print(json.dumps(result), flush=True)
+  if not result["fits"]:
+    gib = result["total_bytes"] / 2**30
+    sys.exit(f"aot: does not fit: {gib:.2f} GiB per chip needed, a {family} chip has "
+             f"{result['hbm_bytes'] / 2**30:.0f} GiB HBM. Try --remat full, a larger fsdp axis, or a smaller --batch.")
+
+
+if __name__ == "__main__":
+  main()
