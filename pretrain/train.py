@@ -38,10 +38,6 @@ def model_config(cfg):
                                  dtype=cfg.dtype, scan_layers=cfg.scan_layers, remat=cfg.remat)
 
 
-def _max_predictions(cfg) -> int:
-  return cfg.max_predictions or math.ceil(0.2 * cfg.seq_len)
-
-
 class Preemption:
   """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits at the next step."""
 
@@ -119,7 +115,8 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
         accum_steps=cfg.accum_steps, skip_nonfinite=cfg.skip_nonfinite)
     eval_step = step_lib.make_eval_step(objectives.masked_lm_eval(model))
 
-    step_flops = flops.train_flops(mcfg, cfg.batch_size, cfg.seq_len, _max_predictions(cfg))
+    # MFU counts the head at the masked tokens actually predicted (metrics["weight"]), not the slots.
+    step_flops = lambda predicted: flops.train_flops(mcfg, cfg.batch_size, cfg.seq_len, predicted / cfg.batch_size)
     peak, peak_source = flops.device_peak(cfg.dtype)
     writer.log(f"MFU denominator: {jax.device_count()} x {peak / 1e9:.1f} GFLOP/s ({peak_source})")
     tokens_per_step = cfg.batch_size * cfg.seq_len
@@ -140,55 +137,78 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
               "eval_majority_accuracy": float(counts.max() / max(counts.sum(), 1)), "eval_tokens": weight}
 
     preempt = Preemption()
-    timer_start, steps_timed, step_time = None, 0, float("nan")
+    timer_start, steps_timed, step_time, overflow, mfu, skipped = None, 0, float("nan"), 0, float("nan"), 0
     last_eval: dict[str, float] = {}
     pending = None  # (step, metrics) of the previous step, checked one step late to keep the device busy
 
     def check(pending):
+      nonlocal skipped
       step, m = pending
       m = jax.device_get(m)
       if not bool(m["finite"]):
-        raise NonFiniteLoss(
-            f"step {step}: loss is {float(m['loss'])} and grad norm {float(m['grad_norm'])}; stopping. The last good "
-            f"checkpoint ({ckpt.path(ckpt.all_steps()[-1]) if ckpt.all_steps() else 'none'}) is untouched. "
-            "Lower the learning rate, enable clipping, or set --config.skip_nonfinite=True to skip such steps.")
+        what = f"step {step}: loss is {float(m['loss'])} and grad norm {float(m['grad_norm'])}"
+        if cfg.skip_nonfinite:  # the step kept the previous params and optimiser state
+          skipped += 1
+          writer.log(f"WARNING: {what}; skipped ({skipped} so far)")
+        else:
+          raise NonFiniteLoss(
+              f"{what}; stopping. The last good checkpoint "
+              f"({ckpt.path(ckpt.all_steps()[-1]) if ckpt.all_steps() else 'none'}) is untouched. "
+              "Lower the learning rate, enable clipping, or set --config.skip_nonfinite=True to skip such steps.")
       return step, m
+
+    def report(pending):
+      """Checks a finished step and logs it at log points. Timing starts at the end of the first step
+      after a (re)start, which includes compilation, so that step is logged without a speed."""
+      nonlocal timer_start, steps_timed, step_time, mfu
+      done, m = check(pending)
+      now = time.perf_counter()
+      timed = timer_start is not None
+      if timed:
+        steps_timed += 1
+      else:
+        timer_start, steps_timed = now, 0
+      if done % cfg.log_every and done != cfg.steps:
+        return
+      m = {k: float(v) for k, v in m.items() if k != "finite"}
+      m.update(masked_overflow=overflow, skipped_steps=skipped)
+      if timed and steps_timed:
+        step_time = (now - timer_start) / steps_timed
+        timer_start, steps_timed = now, 0
+        mfu = step_flops(m["weight"]) / step_time / (peak * jax.device_count())
+        m.update(tokens_per_s=tokens_per_step / step_time, mfu=mfu, step_time_s=step_time)
+      writer.write(done, m)
+      writer.progress(done, m, remaining_s=step_time * (cfg.steps - done))
 
     try:
       for step in range(start, cfg.steps):
-        batch = sharding.global_batch(next(train_iter), mesh)
+        local = next(train_iter)
+        overflow += int(local.pop("masked_overflow").sum())
+        batch = sharding.global_batch(local, mesh)
         state, metrics = train_step(state, batch)
         if pending is not None:
-          done, m = check(pending)
-          if done % cfg.log_every == 0 or done == cfg.steps:
-            now = time.perf_counter()
-            if timer_start is not None:
-              step_time = (now - timer_start) / max(steps_timed, 1)
-            timer_start, steps_timed = now, 0
-            m = {k: float(v) for k, v in m.items() if k != "finite"}
-            m.update(tokens_per_s=tokens_per_step / step_time, mfu=step_flops / step_time / (peak * jax.device_count()),
-                     step_time_s=step_time)
-            writer.write(done, m)
-            writer.progress(done, m, elapsed_s=step_time * (done - start), steps_done=done - start)
-        steps_timed += 1
+          report(pending)
         pending = (step + 1, metrics)
         next_step = step + 1
         stop = preempt.reached(next_step)
         if stop or next_step % cfg.checkpoint_every == 0 or next_step == cfg.steps:
-          check(pending)  # never checkpoint a non-finite state
+          report(pending)  # never checkpoint a non-finite state
+          pending = None
           ckpt.save(next_step, state, train_iter, force=True)
         if next_step % cfg.eval_every == 0 or next_step == cfg.steps:
+          eval_start = time.perf_counter()
           last_eval = evaluate(state)
           writer.write(next_step, last_eval)
           writer.log(f"eval @ {next_step}: masked-token accuracy {last_eval['eval_mlm_accuracy']:.4f} "
                      f"(majority-token baseline {last_eval['eval_majority_accuracy']:.4f}), "
                      f"loss {last_eval['eval_loss']:.4f}")
-          timer_start = None  # don't count evaluation as step time
+          if timer_start is not None:  # evaluation time is not step time
+            timer_start += time.perf_counter() - eval_start
         if stop:
           writer.log(f"preempted: saved {ckpt.path(next_step)}; rerun the same command to resume")
           break
       if pending is not None:
-        check(pending)
+        report(pending)
     finally:
       preempt.restore()
       ckpt.close()
@@ -198,13 +218,15 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   summary = {"step": int(jax.device_get(state.step)), "eval_mlm_accuracy": last_eval.get("eval_mlm_accuracy"),
              "eval_majority_accuracy": last_eval.get("eval_majority_accuracy"),
              "tokens_per_s": tokens_per_step / step_time if math.isfinite(step_time) else None,
-             "mfu": step_flops / step_time / (peak * jax.device_count()) if math.isfinite(step_time) else None,
+             "mfu": mfu if math.isfinite(mfu) else None,
              "checkpoint": ckpt.path(steps[-1]) if steps else None}
   return summary
 
 
 def main(argv):
   del argv
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   from roformer_jax.train.distributed import init_distributed
   # Before anything asks JAX for devices: otherwise each host would start alone and hang later.
   init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)

@@ -66,11 +66,24 @@ class Checkpointer:
         msg = f"checkpoint {self.directory}/{s} could not be restored ({type(e).__name__}: {e})"
         if step is not None:
           raise RuntimeError(msg) from e
-        log.warning("%s; falling back to the previous checkpoint", msg)
-        print(f"WARNING: {msg}; falling back to the previous checkpoint", flush=True)
+        aside = self._set_aside(s)
+        log.warning("%s; moved it to %s and fell back to the previous checkpoint", msg, aside)
+        print(f"WARNING: {msg}; moved it to {aside} and fell back to the previous checkpoint", flush=True)
         continue
       return restored["state"], s
     return None
+
+  def _set_aside(self, step: int) -> str:
+    """Renames an unreadable step out of the way (kept for inspection), so training can redo it."""
+    src = Path(str(self.path(step)))
+    dst = src.with_name(f"{step}.corrupt")
+    if jax.process_index() == 0 and src.exists():
+      src.rename(dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+    self.manager.reload()
+    return str(dst)
 
   def path(self, step: int) -> str:
     return f"{self.directory}/{step}"

@@ -43,13 +43,13 @@ class MetricsWriter:
         if k != "step" and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, step)
 
-  def progress(self, step: int, m: dict[str, Any], elapsed_s: float, steps_done: int) -> None:
+  def progress(self, step: int, m: dict[str, Any], remaining_s: float) -> None:
     if not self.enabled:
       return
-    eta = elapsed_s / max(steps_done, 1) * (self.total_steps - step)
+    speed = (f"{m['tokens_per_s']:,.0f} tok/s | MFU {100 * m['mfu']:.1f}%" if "tokens_per_s" in m
+             else "(compiling: no speed yet)")
     parts = [f"step {step}/{self.total_steps}", f"loss {m['loss']:.4f}", f"mlm_acc {m.get('accuracy', 0):.4f}",
-             f"lr {m['learning_rate']:.2e}", f"gnorm {m['grad_norm']:.3f}", f"{m['tokens_per_s']:,.0f} tok/s",
-             f"MFU {100 * m['mfu']:.1f}%", f"ETA {_fmt_eta(eta)}"]
+             f"lr {m['learning_rate']:.2e}", f"gnorm {m['grad_norm']:.3f}", speed, f"ETA {_fmt_eta(remaining_s)}"]
     print(" | ".join(parts), flush=True)
 
   def log(self, text: str) -> None:

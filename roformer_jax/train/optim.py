@@ -25,7 +25,7 @@ def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, dec
     factors = jnp.array([0.0] + [float(points[s]) for s in sorted(points, key=int)], jnp.float32)
     return lambda step: learning_rate * jnp.interp(jnp.asarray(step, jnp.float32), steps, factors)
   if total_steps <= warmup_steps and decay != "constant":
-    raise ValueError(f"optimizer: total steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
+    raise ValueError(f"config.steps ({total_steps}) must exceed config.optimizer.warmup_steps ({warmup_steps})")
   warm = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
   rest = max(total_steps - warmup_steps, 1)
   if decay == "constant":
