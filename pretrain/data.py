@@ -61,6 +61,12 @@ class Pipeline:
                                       process_index=jax.process_index(), process_count=jax.process_count(),
                                       max_predictions=self.max_predictions)
 
+  @staticmethod
+  def reposition(iterator, step: int) -> None:
+    """Places a fresh train iterator at global step `step`. Global batch k holds the same rows and
+    masks whatever the process count, so this resumes a run on a different number of hosts."""
+    iterator.set_state({"next_index": step})
+
   def eval_batches(self, local_batch: int) -> Iterator[dict[str, np.ndarray]]:
     import jax
     it = mlm.make_eval_iterator(self.prepared, "heldout", batch_size=local_batch, seed=self.cfg.seed + 1,

@@ -88,7 +88,9 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
 
   # Data: prepared once (tokenised, packed, cached atomically), then a per-process grain iterator.
   data = data_lib.Pipeline(cfg, workdir)
-  mcfg = model_config(cfg).replace(vocab_size=data.vocab_size)
+  # Embedding rows rounded up to a multiple of 128 (fast, evenly shardable matmuls); the extra
+  # ids never occur in the data.
+  mcfg = model_config(cfg).replace(vocab_size=-(-data.vocab_size // 128) * 128)
   model = RoFormerForMaskedLM(mcfg)
   writer.log(f"model: {mcfg}\nmesh: {dict(mesh.shape)} over {jax.device_count()} devices, "
              f"{jax.process_count()} process(es); data: {data.describe()}")
@@ -100,7 +102,7 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   train_iter = data.train_iterator(local_batch)
   ckpt = Checkpointer(workdir / "checkpoints", save_every=cfg.checkpoint_every, keep=cfg.keep,
                       keep_every=cfg.keep_every or None, async_save=cfg.async_checkpoint)
-  restored = ckpt.restore(abstract, train_iter)
+  restored = ckpt.restore(abstract, train_iter, reposition=data.reposition)
   if restored is None:
     state = step_lib.init_state(init_params, tx, cfg.seed, shardings)
     writer.log("initialised a new run")

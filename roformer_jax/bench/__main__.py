@@ -1,6 +1,7 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, attention, aot. Each is a module here with `main(argv)`; benchmarks
+Commands: forward, train, attention, aot, tokenizer. (The input-pipeline benchmark lives beside the
+masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
 print measured figures and are never run as tests.
 """
 
@@ -14,6 +15,7 @@ COMMANDS = {
     "train": "roformer_jax.bench.train",
     "attention": "roformer_jax.bench.attention",
     "aot": "roformer_jax.bench.aot",
+    "tokenizer": "roformer_jax.bench.tokenizer_speed",
 }
 
 

@@ -154,8 +154,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
   if path is None:
     raise TypeError(f"cannot fingerprint {tokenizer!r}: it has no vocab_file or model_file")
   h = hashlib.sha256(pathlib.Path(path).read_bytes())
+  # The word segmenter too: rjieba and jieba split a rare tie differently.
   h.update(repr((type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None),
-                 getattr(tokenizer, "pre_tokenize", None))).encode())
+                 getattr(tokenizer, "pre_tokenize", None), getattr(tokenizer, "segmenter", None))).encode())
   return h.hexdigest()
 
 

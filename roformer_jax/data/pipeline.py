@@ -1,9 +1,11 @@
 """grain pipelines over prepared rows: per-process sharding, shuffle, repeat, a row transform, batch.
 
 Sharding is by row of the *global* stream, not by file: the global stream (shuffled per epoch by
-grain, repeated) is dealt out round-robin, element g to process g % process_count. Every process
-thus gets data even when there are fewer files or rows than processes, the processes never
-overlap within a step, and the global batch k is the same rows whatever the process count.
+grain, repeated) is cut into global batches, and process p takes the p-th contiguous block of each.
+Every process thus gets data even when there are fewer files or rows than processes, the processes
+never overlap within a step, and global batch k is the same rows *in the same order* whatever the
+process count: `jax.make_array_from_process_local_data` concatenates the blocks in process order,
+so even per-row randomness (dropout) matches a single-process run.
 
 Each row reaching the transform carries `index` (its row number in the split) and `epoch`, so a
 transform such as MLM masking can seed itself from (seed, index, epoch) alone.
@@ -64,6 +66,16 @@ class _ReadBatch(grain.transforms.Map):
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
+class _ProcessBlock(grain.transforms.Map):
+  """A global batch of {index, epoch} -> this process's contiguous block of it."""
+
+  def __init__(self, process_index: int, batch_size: int):
+    self.start, self.stop = process_index * batch_size, (process_index + 1) * batch_size
+
+  def map(self, batch: Row) -> Row:
+    return {k: v[self.start:self.stop] for k, v in batch.items()}
+
+
 def _check_process(process_index: int, process_count: int) -> None:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index ({process_index}) must be in [0, process_count={process_count})")
@@ -98,7 +110,7 @@ def train_dataset(prepared: PreparedData, split: str, *, batch_size: int, seed: 
   # Only row numbers go through shuffle / repeat / shard / batch; rows are read per batch.
   ds = grain.MapDataset.range(len(rows)).shuffle(seed=seed % 2**32).repeat()  # reshuffled per epoch
   ds = ds.map_with_index(_WithEpoch(len(rows)))
-  ds = ds[process_index::process_count].batch(batch_size, drop_remainder=True)
+  ds = ds.batch(batch_size * process_count, drop_remainder=True).map(_ProcessBlock(process_index, batch_size))
   ds = ds.map(_ReadBatch(rows, prepared.seq_len, transform))
   return ds.to_iter_dataset(_read_options(num_threads, prefetch))
 
@@ -115,6 +127,6 @@ def eval_dataset(prepared: PreparedData, split: str, *, batch_size: int, process
   rows = prepared.data_source(split)
   global_batch = batch_size * process_count
   total = math.ceil(len(rows) / global_batch) * global_batch
-  ds = grain.MapDataset.range(total)[process_index::process_count].map(_first_epoch)
-  ds = ds.batch(batch_size, drop_remainder=True).map(_ReadBatch(rows, prepared.seq_len, transform))
+  ds = grain.MapDataset.range(total).map(_first_epoch).batch(global_batch, drop_remainder=True)
+  ds = ds.map(_ProcessBlock(process_index, batch_size)).map(_ReadBatch(rows, prepared.seq_len, transform))
   return ds.to_iter_dataset(_read_options(num_threads, prefetch))

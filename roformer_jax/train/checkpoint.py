@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ class Checkpointer:
 
   def __init__(self, directory: str | Path, *, save_every: int, keep: int = 3, keep_every: int | None = None,
                async_save: bool = True, with_iterator: bool = True):
-    self.directory = Path(directory).absolute() if "://" not in str(directory) else directory
+    # epath: the same code for local folders and gs:// buckets.
+    self.directory = epath.Path(directory) if "://" in str(directory) else epath.Path(Path(directory).absolute())
     self.with_iterator = with_iterator
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
@@ -48,18 +50,29 @@ class Checkpointer:
       items["iter"] = _grain_handler().CheckpointSave(iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+  def _iterator_saved_here(self, step: int) -> bool:
+    """Whether step's iterator state was written by this same process layout (grain names its
+    files process_<i>-of-<n>.json)."""
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return (self.directory / str(step) / "iter" / name).exists()
+
   def restore(self, abstract_state: Any, iterator: Any = None, step: int | None = None,
-              restore_iterator: bool = True) -> tuple[Any, int] | None:
+              reposition: Callable[[Any, int], None] | None = None) -> tuple[Any, int] | None:
     """(state, step) from `step`, or from the latest readable checkpoint; None if there is none.
 
-    A latest checkpoint that cannot be read (truncated, corrupt) is reported by name and the
-    previous one is tried. `iterator` is restored in place when given.
+    A latest checkpoint that cannot be read (truncated, corrupt) is reported by name, set aside,
+    and the previous one is tried. `iterator` is restored in place when given; if the checkpoint
+    was written by a different number of processes, `reposition(iterator, step)` places it instead.
     """
     steps = [step] if step is not None else list(reversed(self.all_steps()))
     for s in steps:
       items = {"state": ocp.args.StandardRestore(abstract_state)}
-      if self.with_iterator and restore_iterator and iterator is not None:
-        items["iter"] = _grain_handler().CheckpointRestore(iterator)
+      moved = False
+      if self.with_iterator and iterator is not None:
+        if self._iterator_saved_here(s) or reposition is None:
+          items["iter"] = _grain_handler().CheckpointRestore(iterator)
+        else:
+          moved = True
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(**items))
       except Exception as e:  # noqa: BLE001 -- any read failure means "try the previous one"
@@ -70,13 +83,16 @@ class Checkpointer:
         log.warning("%s; moved it to %s and fell back to the previous checkpoint", msg, aside)
         print(f"WARNING: {msg}; moved it to {aside} and fell back to the previous checkpoint", flush=True)
         continue
+      if moved:
+        reposition(iterator, s)
+        print(f"data iterator of {self.path(s)} was saved by another process layout; repositioned it to "
+              f"step {s}", flush=True)
       return restored["state"], s
     return None
 
   def _set_aside(self, step: int) -> str:
     """Renames an unreadable step out of the way (kept for inspection), so training can redo it."""
-    src = Path(str(self.path(step)))
-    dst = src.with_name(f"{step}.corrupt")
+    src, dst = self.directory / str(step), self.directory / f"{step}.corrupt"
     if jax.process_index() == 0 and src.exists():
       src.rename(dst)
     if jax.process_count() > 1:

@@ -39,8 +39,9 @@ def abstract_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTr
   The optimiser state copies each parameter's sharding; its scalars are replicated.
   """
   boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-  param_shardings = sharding_lib.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules)
   params = nn.meta.unbox(boxed)
+  param_shardings = sharding_lib.fit_to_shapes(
+      sharding_lib.logical_to_sharding(nn.get_partition_spec(boxed), mesh, rules), params)
   opt_state = jax.eval_shape(tx.init, params)
   repl = sharding_lib.replicated(mesh)
   is_sharding = lambda x: isinstance(x, NamedSharding)
