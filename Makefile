@@ -9,13 +9,17 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -q --no-deps bert4keras==0.11.5
 	touch $(STAMP)
 
 pretrain: $(STAMP)
 	$(PY) -m pretrain.train --config pretrain/configs/tiny_cpu.py --workdir workdir/tiny_cpu
 
+# JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
+# single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps
+# transformers from importing TensorFlow. --dist loadfile keeps each file on one worker.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 tests
+	JAX_PLATFORMS=cpu USE_TF=0 $(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 bench: $(STAMP)
 	$(PY) -m roformer_jax.bench forward --preset roformer_v2_small --seq 128,512

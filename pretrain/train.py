@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -92,6 +93,12 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   # ids never occur in the data.
   mcfg = model_config(cfg).replace(vocab_size=-(-data.vocab_size // 128) * 128)
   model = RoFormerForMaskedLM(mcfg)
+  if is_main:  # what from_pretrained / export read back from this workdir
+    from roformer_jax.convert.orbax_ckpt import write_model_config
+    write_model_config(mcfg, workdir)
+    if data.vocab_file:
+      shutil.copyfile(data.vocab_file, workdir / ".vocab.txt.tmp")
+      (workdir / ".vocab.txt.tmp").replace(workdir / "vocab.txt")
   writer.log(f"model: {mcfg}\nmesh: {dict(mesh.shape)} over {jax.device_count()} devices, "
              f"{jax.process_count()} process(es); data: {data.describe()}")
 

@@ -61,3 +61,8 @@ def available() -> list[str]:
 
 # Registration happens on import of each variant module (pure: no I/O).
 from roformer_jax.attention import softmax as _softmax  # noqa: E402,F401
+from roformer_jax.attention import blockwise as _blockwise  # noqa: E402,F401
+from roformer_jax.attention import pallas as _pallas  # noqa: E402,F401
+from roformer_jax.attention import dot_product as _dot_product  # noqa: E402,F401
+from roformer_jax.attention import linear as _linear  # noqa: E402,F401
+from roformer_jax.attention import splash as _splash  # noqa: E402,F401

@@ -35,9 +35,12 @@ def topology_devices(topology: str):
     raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
   try:
     return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
-  except Exception as e:  # noqa: BLE001 -- libtpu missing or a bad shape: say which
-    raise SystemExit(f"aot: cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}). "
-                     "Is libtpu installed (pip install 'jax[tpu]')?") from None
+  except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
+    hint = "Is libtpu installed (pip install 'jax[tpu]')?"
+    if "lockfile" in str(e):
+      hint = ("Another JAX process holds libtpu's lock (/tmp/libtpu_lockfile): start other JAX processes "
+              "with JAX_PLATFORMS=cpu so they never load libtpu.")
+    raise SystemExit(f"aot: cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}). {hint}") from None
 
 
 def compile_step(model_cfg, devices, mesh_axes: tuple[int, int, int], batch: int, seq: int, predictions: int,

@@ -184,7 +184,10 @@ def from_pretrained(path: str | os.PathLike, *, with_mlm: bool | None = None, dt
   """(model, params) from a checkpoint folder.
 
   Args:
-    path: a folder in the PyTorch ports' layout (config.json + model.safetensors / pytorch_model.bin).
+    path: a folder in the PyTorch ports' layout (config.json + model.safetensors / pytorch_model.bin),
+      a pretraining workdir or one of its `checkpoints/<step>` folders (orbax),
+      or, when it has no config.json, a bert4keras TF release (bert_config.json + bert_model.ckpt.*;
+      read with the optional tensorflow, see `roformer_jax.convert.tf_ckpt`).
     with_mlm: True returns RoFormerForMaskedLM (its head must be in the checkpoint for v1); False
       returns the bare RoFormerModel; None picks the MLM model when the checkpoint can serve it.
     dtype: compute dtype override ("float32" / "bfloat16"); params stay float32.
@@ -194,8 +197,18 @@ def from_pretrained(path: str | os.PathLike, *, with_mlm: bool | None = None, dt
   folder = Path(path)
   if not folder.is_dir():
     raise FileNotFoundError(f"{folder}: not a checkpoint folder")
+  from roformer_jax.convert import orbax_ckpt
+  if orbax_ckpt.locate(folder):  # our pretraining workdir, or one of its checkpoint steps
+    if with_mlm is False:
+      model, params = orbax_ckpt.from_orbax(folder, dtype=dtype, **config_overrides)
+      return RoFormerModel(model.cfg), params["roformer"]
+    return orbax_ckpt.from_orbax(folder, dtype=dtype, **config_overrides)
   config_file = folder / "config.json"
   if not config_file.exists():
+    from roformer_jax.convert import tf_ckpt  # lazy: the TF reader needs the optional tensorflow
+    if tf_ckpt.is_tf_release(folder):  # bert4keras release: bert_config.json + bert_model.ckpt.*
+      return tf_ckpt.from_tf_checkpoint(folder, with_mlm=with_mlm, dtype=dtype, ignore=ignore,
+                                        **config_overrides)
     raise FileNotFoundError(f"{folder}: no config.json")
   try:
     hf = json.loads(config_file.read_text())

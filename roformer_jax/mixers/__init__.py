@@ -26,3 +26,10 @@ def register_block(name: str):
     BLOCKS[name] = cls
     return cls
   return wrap
+
+
+# Registration happens on import of each mixer module (pure: no I/O).
+from roformer_jax.mixers import fnet as _fnet  # noqa: E402,F401
+from roformer_jax.mixers import gau as _gau  # noqa: E402,F401
+from roformer_jax.mixers import mixer as _mixer  # noqa: E402,F401
+from roformer_jax.mixers import synthesizer as _synthesizer  # noqa: E402,F401

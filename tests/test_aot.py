@@ -1,0 +1,38 @@
+"""Ahead-of-time compilation of the real pretraining step for a TPU topology, on this CPU (libtpu from
+PyPI; no TPU needed), so pod readiness and HBM fit are checked in CI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _aot(*args):
+  return subprocess.run([sys.executable, "-m", "roformer_jax.bench", "aot", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_tiny_compiles_for_v5e_2x2():
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--seq", "128")
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r["chips"] == 4 and r["device_kind"].startswith("TPU v5")
+  assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and r["fits"]
+  assert 0 < r["argument_bytes"] <= r["total_bytes"] < r["hbm_bytes"]
+  assert r["temp_bytes"] > 0 and r["xla_flops_per_chip"] > 0 and r["est_step_s"] > 0
+  # XLA's per-chip FLOPs cover at least the analytic model FLOPs' share of one chip.
+  assert r["xla_flops_per_chip"] >= 0.8 * r["model_flops"] / r["chips"]
+
+
+def test_a_layout_that_cannot_fit_fails_clearly():
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "1024", "--seq", "4096", "--remat", "none")
+  assert out.returncode != 0
+  assert "does not fit" in out.stderr and "GiB per chip needed, a v5e chip has 16 GiB HBM" in out.stderr
+
+
+def test_unknown_topology_is_named():
+  out = _aot("--topology", "v9x:2x2", "--preset", "tiny", "--batch", "8")
+  assert out.returncode != 0 and "unknown TPU family in --topology 'v9x:2x2'" in out.stderr
