@@ -102,6 +102,10 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   writer.log(f"model: {mcfg}\nmesh: {dict(mesh.shape)} over {jax.device_count()} devices, "
              f"{jax.process_count()} process(es); data: {data.describe()}")
 
+  if cfg.export_every:
+    from roformer_jax import export as export_lib
+    export_lib.check_exportable(mcfg)  # fail now, not after hours of training
+
   tx, schedule = optim.from_config(cfg.optimizer, cfg.steps)
   init_params = lambda rng: model.init(rng, np.ones((1, cfg.seq_len), np.int32))["params"]
   abstract, shardings = step_lib.abstract_state(init_params, tx, mesh)
@@ -204,6 +208,11 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
           report(pending)  # never checkpoint a non-finite state
           pending = None
           ckpt.save(next_step, state, train_iter, force=True)
+        if cfg.export_every and (next_step % cfg.export_every == 0 or next_step == cfg.steps):
+          # Straight from the live (sharded) params; every process joins, process 0 writes.
+          out = export_lib.export_hf(mcfg, state.params, data.vocab_file, workdir / "export" / f"step_{next_step}",
+                                     overwrite=True)
+          writer.log(f"exported {out}")
         if next_step % cfg.eval_every == 0 or next_step == cfg.steps:
           eval_start = time.perf_counter()
           last_eval = evaluate(state)

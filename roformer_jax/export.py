@@ -50,7 +50,8 @@ DECODER_BIAS = "cls.predictions.decoder.bias"
 # ----------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------
-def _check_exportable(cfg: ModelConfig, tf: bool) -> None:
+def check_exportable(cfg: ModelConfig, tf: bool = False) -> None:
+  """Raises ValueError if `cfg` has no port layout to export to."""
   if cfg.attention in mixers.TOKEN_MIXERS or cfg.attention in mixers.BLOCKS:
     raise ValueError(f"ModelConfig.attention={cfg.attention!r} replaces self-attention with other weights; "
                      "only softmax-attention models (any attention function) have a port layout")
@@ -310,7 +311,7 @@ def export_hf(model_cfg: ModelConfig, params: dict, vocab_file_or_tokenizer: Any
   with a collective); only process 0 writes.
   """
   cfg = model_cfg
-  _check_exportable(cfg, tf)
+  check_exportable(cfg, tf)
   with_mlm, plan = _plan(cfg, params)
   out = Path(out_dir).absolute()
   primary = jax.process_index() == 0

@@ -57,7 +57,7 @@ def _losses(workdir):
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
-  out = _run(_args(data, workdir))
+  out = _run(_args(data, workdir, "--config.export_every", str(N)))
   return workdir, out
 
 
@@ -117,3 +117,27 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(data, tmp_path):
   out = _run(_args(data, skip, *blow_up, "--config.skip_nonfinite", "True"))
   assert json.loads(out.stdout.strip().splitlines()[-1])["step"] == 6
   assert "skipped (1 so far)" in out.stdout
+
+
+def test_periodic_and_cli_export_load_in_the_pytorch_port(straight, tmp_path):
+  """--config.export_every writes HF folders during training; roformer-export reads the orbax workdir.
+  Both load in the `roformer` PyTorch port with its ordinary from_pretrained and match our logits."""
+  import numpy as np
+  import torch
+  from roformer import RoFormerForMaskedLM
+
+  import roformer_jax as rj
+  workdir, out = straight
+  assert f"exported {workdir / 'export' / f'step_{N}'}" in out.stdout
+  cli = subprocess.run([sys.executable, "-m", "roformer_jax.export", "--from", str(workdir / "checkpoints" / str(2 * N)),
+                        "--to", str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  model, params = rj.from_pretrained(workdir)  # the orbax workdir, latest step
+  ids = np.array([[2] + list(range(10, 40)) + [3], [2] + list(range(50, 70)) + [3] + [0] * 10])
+  ours = np.asarray(model.apply({"params": params}, ids))
+  for folder in (workdir / "export" / f"step_{2 * N}", tmp_path / "hf"):
+    peer = RoFormerForMaskedLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+      theirs = peer(input_ids=torch.tensor(ids), attention_mask=torch.tensor(ids != 0)).logits.numpy()
+    np.testing.assert_allclose(ours[:, :, :theirs.shape[-1]], theirs, atol=1e-5, rtol=0)
