@@ -23,17 +23,21 @@ def _embedded_char_vocab(data_dir: Path, max_size: int) -> Path:
 class Pipeline:
   """Everything the train loop needs from the data side of a pretraining config."""
 
-  def __init__(self, cfg, workdir: str | Path):
+  def __init__(self, cfg, local_dir: str | Path):
+    """`local_dir` is the run's local folder; the prepared data goes to cfg.data.data_dir (local or
+    gs://, read by tfds), by default a `data` folder beside the run."""
     import jax
     from roformer_jax import data, tokenization
 
     self.cfg = cfg
-    data_dir = Path(cfg.data.data_dir or Path(workdir).absolute().parent / "data")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    local_dir = Path(local_dir).absolute()
+    data_dir = cfg.data.data_dir or str(local_dir.parent / "data")
+    vocab_dir = Path(data_dir) if "://" not in data_dir else local_dir
+    vocab_dir.mkdir(parents=True, exist_ok=True)
     # Process 0 prepares (tokenises, packs, writes atomically); the others then read its cache.
     for turn in ("first", "rest"):
       if (jax.process_index() == 0) == (turn == "first"):
-        vocab = cfg.data.vocab or _embedded_char_vocab(data_dir, cfg.data.vocab_size)
+        vocab = cfg.data.vocab or _embedded_char_vocab(vocab_dir, cfg.data.vocab_size)
         self.tokenizer = tokenization.load_tokenizer(vocab)
         self.prepared = data.prepare(cfg.data.corpus, self.tokenizer, cfg.seq_len, data_dir,
                                      text_field=cfg.data.text_field, skip_bad_lines=cfg.data.skip_bad_lines,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -74,9 +73,13 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   from roformer_jax.train.checkpoint import Checkpointer
   from roformer_jax.train.metrics import MetricsWriter
 
-  workdir = Path(workdir)
+  from etils import epath
+  remote = "://" in str(workdir)  # e.g. gs://bucket/run on a TPU pod: checkpoints go there
+  workdir = epath.Path(workdir) if remote else epath.Path(Path(workdir).absolute())
+  # metrics.jsonl, TensorBoard events and exports need a local filesystem (appends, atomic renames).
+  local_dir = Path.home() / "roformer-logs" / workdir.name if remote else Path(workdir)
   is_main = jax.process_index() == 0
-  writer = MetricsWriter(workdir, cfg.steps, enabled=is_main)
+  writer = MetricsWriter(local_dir, cfg.steps, enabled=is_main)
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   if cfg.batch_size % (jax.process_count() * cfg.accum_steps):
     raise ValueError(f"config.batch_size ({cfg.batch_size}) must divide by processes x accum_steps "
@@ -88,7 +91,7 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
                      f"mesh.data x mesh.fsdp ({n_batch_shards})")
 
   # Data: prepared once (tokenised, packed, cached atomically), then a per-process grain iterator.
-  data = data_lib.Pipeline(cfg, workdir)
+  data = data_lib.Pipeline(cfg, local_dir)
   # Embedding rows rounded up to a multiple of 128 (fast, evenly shardable matmuls); the extra
   # ids never occur in the data.
   mcfg = model_config(cfg).replace(vocab_size=-(-data.vocab_size // 128) * 128)
@@ -97,8 +100,8 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
     from roformer_jax.convert.orbax_ckpt import write_model_config
     write_model_config(mcfg, workdir)
     if data.vocab_file:
-      shutil.copyfile(data.vocab_file, workdir / ".vocab.txt.tmp")
-      (workdir / ".vocab.txt.tmp").replace(workdir / "vocab.txt")
+      (workdir / ".vocab.txt.tmp").write_text(Path(data.vocab_file).read_text(encoding="utf-8"))
+      (workdir / ".vocab.txt.tmp").rename(workdir / "vocab.txt")
   writer.log(f"model: {mcfg}\nmesh: {dict(mesh.shape)} over {jax.device_count()} devices, "
              f"{jax.process_count()} process(es); data: {data.describe()}")
 
@@ -210,7 +213,7 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
           ckpt.save(next_step, state, train_iter, force=True)
         if cfg.export_every and (next_step % cfg.export_every == 0 or next_step == cfg.steps):
           # Straight from the live (sharded) params; every process joins, process 0 writes.
-          out = export_lib.export_hf(mcfg, state.params, data.vocab_file, workdir / "export" / f"step_{next_step}",
+          out = export_lib.export_hf(mcfg, state.params, data.vocab_file, local_dir / "export" / f"step_{next_step}",
                                      overwrite=True)
           writer.log(f"exported {out}")
         if next_step % cfg.eval_every == 0 or next_step == cfg.steps:

@@ -180,8 +180,8 @@ def test_pallas_kernel_lowers_for_triton_and_mosaic(platform, target, monkeypatc
     out, vjp = jax.vjp(fn, q, k, v)
     return out, vjp(out)
 
+  masks = (jax.ShapeDtypeStruct((1, n), jnp.bool_), jax.ShapeDtypeStruct((1, n), jnp.int32))
   exported = export.export(jax.jit(fwd_bwd), platforms=["cuda" if platform == "gpu" else "tpu"],
-                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(
-                               x, x, x, jax.ShapeDtypeStruct((1, n), jnp.bool_), jax.ShapeDtypeStruct((1, n), jnp.int32))
+                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(x, x, x, *masks)
   text = exported.mlir_module()
   assert text.count(f"@{target}" if platform == "gpu" else target) >= 3  # fwd, dkv, dq

@@ -55,7 +55,7 @@ remote="set -euo pipefail
 sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv git
 python3.11 -m venv $REMOTE_VENV
 $REMOTE_VENV/bin/python -m pip install -q --upgrade pip
-$REMOTE_VENV/bin/python -m pip install -q 'jax[tpu]==$JAX_VERSION' $PACKAGE
+$REMOTE_VENV/bin/python -m pip install -q 'jax[tpu]==$JAX_VERSION' gcsfs $PACKAGE
 mkdir -p $REMOTE_LOGS
 $REMOTE_VENV/bin/python -c 'import jax, roformer_jax, pretrain.train; print(jax.__version__, \"ok\")'"
 tpu_ssh all "$remote"

@@ -182,7 +182,7 @@ def _compiler_params(platform: str, grid_rank: int):
   return None
 
 
-def _specs(b, h, n, d, bq, bk, tiled: str):
+def _specs(n: int, d: int, bq: int, bk: int, tiled: str) -> dict:
   """BlockSpecs for (q, k, v, [do, m, logl, delta], sin_q, cos_q, sin_k, cos_k, codes, seg_q, seg_k, seed).
 
   `tiled` says which side the grid's last axis walks ("q" or "k"); the other side is passed whole.
@@ -215,7 +215,7 @@ def _fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static):
   rate, bq, bk, platform, interpret = static
   b, h, n, d = q.shape
   sin, cos = tables
-  specs = _specs(b, h, n, d, bq, bk, "q")
+  specs = _specs(n, d, bq, bk, "q")
   names = {k_: specs[k_] for k_ in ("q", "k", "v", "sin_q", "cos_q", "sin_k", "cos_k", "codes", "seg_q", "seg_k",
                                     "seed")}
   args = dict(q=q, k=k, v=v, sin_q=sin, cos_q=cos, sin_k=sin, cos_k=cos, codes=codes, seg_q=seg_q, seg_k=seg_k,
@@ -237,11 +237,11 @@ def _bwd(q, k, v, tables, codes, seg_q, seg_k, seed, o, m, logl, do, static):
   order = ("q", "k", "v", "do", "m", "logl", "delta", "sin_q", "cos_q", "sin_k", "cos_k", "codes", "seg_q", "seg_k",
            "seed")
   common = dict(bq=bq, bk=bk, scale=1.0 / math.sqrt(d), rate=rate, dtype=q.dtype)
-  kspecs = _specs(b, h, n, d, bq, bk, "k")
+  kspecs = _specs(n, d, bq, bk, "k")
   dk, dv = _call(functools.partial(_dkv_kernel, nq=n // bq, **common), {x: kspecs[x] for x in order}, args,
                  (jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)),
                  (kspecs["k"], kspecs["v"]), (b, h, n // bk), platform, interpret, "rope_flash_dkv")
-  qspecs = _specs(b, h, n, d, bq, bk, "q")
+  qspecs = _specs(n, d, bq, bk, "q")
   dq = _call(functools.partial(_dq_kernel, nk=n // bk, **common), {x: qspecs[x] for x in order}, args,
              jax.ShapeDtypeStruct(q.shape, q.dtype), qspecs["q"], (b, h, n // bq), platform, interpret,
              "rope_flash_dq")

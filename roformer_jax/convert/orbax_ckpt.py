@@ -46,12 +46,14 @@ def read_model_config(workdir: Path, **overrides) -> ModelConfig:
     raise ConfigError(f"{path}: {e}") from None
 
 
-def write_model_config(cfg: ModelConfig, workdir: Path) -> None:
-  """Atomically writes the model config beside the checkpoints (what `from_pretrained` reads back)."""
+def write_model_config(cfg: ModelConfig, workdir: Any) -> None:
+  """Atomically writes the model config beside the checkpoints (what `from_pretrained` reads back).
+
+  `workdir` is a local path or an `etils.epath.Path` (gs:// on pods)."""
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / f".{MODEL_CONFIG}.tmp"
   tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-  tmp.replace(workdir / MODEL_CONFIG)
+  tmp.rename(workdir / MODEL_CONFIG)
 
 
 def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype: str | None = None,

@@ -39,7 +39,7 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None 
   return 3.0 * forward_flops(cfg, batch, seq, predictions)
 
 
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 10) -> float:
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6) -> float:
   """FLOP/s of one n x n matmul on the default device, measured in this process (best of `repeats`:
   the peak is what the hardware can reach, so interference from other processes is discarded)."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
