@@ -70,7 +70,7 @@ def test_babysit_dry_run_prints_the_whole_sequence(family, tmp_path):
   assert (f"gcloud compute tpus tpu-vm create rf-pod --zone=europe-west4-a --accelerator-type={gcloud_type} "
           f"--version={runtime} --spot") in out
   assert f"gcloud compute tpus tpu-vm scp {wheel} rf-pod: --zone=europe-west4-a --worker=all" in out
-  assert "pip install -q '\\''jax[tpu]==0.10.2'\\'' $HOME/" + wheel.name in text
+  assert "pip install -q '\\''jax[tpu]==0.10.2'\\'' gcsfs $HOME/" + wheel.name in text
   launch = [line for line in out if "pretrain.train" in line and "setsid" in line]
   assert len(launch) == 1 and launch[0].startswith("gcloud compute tpus tpu-vm ssh rf-pod --zone=europe-west4-a "
                                                    "--worker=all '--command=")
@@ -83,7 +83,7 @@ def test_setup_from_a_git_ref_and_logs_and_teardown():
   out = dry("setup.sh", "--name", "rf-pod", "--zone", "us-central2-b", "--git-ref", "v0.1.0",
             "--repo", "https://github.com/example/roformer-jax", "--jax-version", "0.10.2")
   assert out[0] == "gcloud compute tpus tpu-vm ssh rf-pod --zone=us-central2-b --worker=all '--command=set -euo pipefail"
-  assert ("pip install -q '\\''jax[tpu]==0.10.2'\\'' "
+  assert ("pip install -q '\\''jax[tpu]==0.10.2'\\'' gcsfs "
           "'\\''roformer-jax @ git+https://github.com/example/roformer-jax@v0.1.0'\\''") in "\n".join(out)
   assert dry("logs.sh", "--name", "rf-pod", "--zone", "us-central2-b", "--worker", "all") == [
       "gcloud compute tpus tpu-vm ssh rf-pod --zone=us-central2-b --worker=all "
