@@ -101,7 +101,7 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
     write_model_config(mcfg, workdir)
     if data.vocab_file:
       (workdir / ".vocab.txt.tmp").write_text(Path(data.vocab_file).read_text(encoding="utf-8"))
-      (workdir / ".vocab.txt.tmp").rename(workdir / "vocab.txt")
+      (workdir / ".vocab.txt.tmp").replace(workdir / "vocab.txt")
   writer.log(f"model: {mcfg}\nmesh: {dict(mesh.shape)} over {jax.device_count()} devices, "
              f"{jax.process_count()} process(es); data: {data.describe()}")
 

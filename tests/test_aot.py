@@ -16,7 +16,8 @@ def _aot(*args):
 
 
 def test_tiny_compiles_for_v5e_2x2():
-  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--seq", "128")
+  # remat "full": libtpu 0.0.42.1 segfaults in its cost model on this tiny bf16 step with "dots".
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--seq", "128", "--remat", "full")
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r["chips"] == 4 and r["device_kind"].startswith("TPU v5")
@@ -30,7 +31,8 @@ def test_tiny_compiles_for_v5e_2x2():
 def test_a_layout_that_cannot_fit_fails_clearly():
   out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "1024", "--seq", "4096", "--remat", "none")
   assert out.returncode != 0
-  assert "does not fit" in out.stderr and "GiB per chip needed, a v5e chip has 16 GiB HBM" in out.stderr
+  # Either XLA's TPU compiler refuses (it checks HBM itself) or our per-chip total exceeds HBM.
+  assert "aot: does not fit" in out.stderr and "16 GiB HBM" in out.stderr, out.stderr[-2000:]
 
 
 def test_unknown_topology_is_named():

@@ -88,6 +88,17 @@ def test_sigkill_then_resume_gives_identical_losses(data, straight, tmp_path, mo
   assert got == want  # bitwise: the same floats, step by step
 
 
+def test_sigterm_saves_and_exits_then_resumes(data, straight, tmp_path):
+  """A preemption notice (SIGTERM) at step N-1: the run saves at the next step and exits cleanly."""
+  out = _run(_args(data, tmp_path, "--config.checkpoint_every", str(N - 1)), script=KILL,
+             env={"KILL_AT": str(N - 1), "KILL_MODE": "term"})
+  assert f"preempted: saved {tmp_path / 'checkpoints' / str(N)}" in out.stdout
+  assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [N - 1, N]
+  out = _run(_args(data, tmp_path))
+  assert f"resumed from {tmp_path / 'checkpoints' / str(N)}" in out.stdout
+  assert _losses(tmp_path) == _losses(straight[0])
+
+
 def test_corrupt_latest_checkpoint_falls_back(data, straight, tmp_path):
   work = tmp_path / "run"
   shutil.copytree(straight[0], work)

@@ -114,7 +114,15 @@ def main(argv=None) -> None:
   cfg = rj.get_config(a.preset, dtype=a.dtype, remat=a.remat, scan_layers=a.scan, attention=a.attention)
   preds = a.predictions or math.ceil(0.2 * a.seq)
   mesh_axes = tuple(int(x) for x in a.mesh.split(","))
-  compiled, mesh = compile_step(cfg, devices, mesh_axes, a.batch, a.seq, preds)
+  try:
+    compiled, mesh = compile_step(cfg, devices, mesh_axes, a.batch, a.seq, preds)
+  except Exception as e:  # noqa: BLE001 -- the TPU compiler's own out-of-memory verdict
+    if "Ran out of memory" not in str(e) and "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    detail = next((line.strip() for line in str(e).splitlines() if "memory" in line), str(e)[:300])
+    sys.exit(f"aot: does not fit on {a.topology} ({family}, {CHIPS[family][0] / 2**30:.0f} GiB HBM per chip) with "
+             f"mesh {a.mesh}, batch {a.batch}, seq {a.seq}: {detail}. Try --remat full, a larger fsdp axis, "
+             "or a smaller --batch.")
   result = {"topology": a.topology, "chips": len(devices), "device_kind": devices[0].device_kind,
             "preset": a.preset, "batch": a.batch, "seq": a.seq, "mesh": dict(mesh.shape), "dtype": a.dtype,
             "remat": a.remat, "scan_layers": a.scan, "date": today(), **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds)}

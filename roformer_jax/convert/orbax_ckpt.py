@@ -53,7 +53,7 @@ def write_model_config(cfg: ModelConfig, workdir: Any) -> None:
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / f".{MODEL_CONFIG}.tmp"
   tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-  tmp.rename(workdir / MODEL_CONFIG)
+  tmp.replace(workdir / MODEL_CONFIG)
 
 
 def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype: str | None = None,

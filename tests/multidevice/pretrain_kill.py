@@ -2,6 +2,7 @@
 
 KILL_AT=<step> KILL_MODE=after: the process kills itself once the save at <step> has committed.
 KILL_MODE=during: it kills itself right after the asynchronous save at <step> has started.
+KILL_MODE=term: it sends itself SIGTERM (a preemption notice) right after the save at <step>.
 """
 
 import os
@@ -17,8 +18,12 @@ _save = checkpoint.Checkpointer.save
 
 def save(self, step, state, iterator=None, *, force=False):
   started = _save(self, step, state, iterator, force=force)
+  mode = os.environ.get("KILL_MODE", "after")
   if step == int(os.environ["KILL_AT"]):
-    if os.environ.get("KILL_MODE", "after") == "after":
+    if mode == "term":
+      os.kill(os.getpid(), signal.SIGTERM)
+      return started
+    if mode == "after":
       self.wait()
     os.kill(os.getpid(), signal.SIGKILL)
   return started
