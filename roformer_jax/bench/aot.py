@@ -126,6 +126,9 @@ def main(argv=None) -> None:
   result = {"topology": a.topology, "chips": len(devices), "device_kind": devices[0].device_kind,
             "preset": a.preset, "batch": a.batch, "seq": a.seq, "mesh": dict(mesh.shape), "dtype": a.dtype,
             "remat": a.remat, "scan_layers": a.scan, "date": today(), **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds)}
+  if a.scan:  # XLA's cost analysis counts a while-loop body once: no honest step-time estimate
+    result.update(est_step_s=None, est_mfu=None, tokens_per_s_per_chip=None,
+                  est_source="not estimated: XLA counts the scanned layer loop once (rerun without --scan)")
   print(json.dumps(result), flush=True)
   if not result["fits"]:
     gib = result["total_bytes"] / 2**30
