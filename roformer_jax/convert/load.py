@@ -130,7 +130,7 @@ def params_from_torch(tensors: dict[str, np.ndarray], cfg: ModelConfig, with_mlm
   params: dict = {}
   errors = []
   for e in torch_names.entries(cfg, with_mlm):
-    expected = _get(shapes, e.path).shape
+    expected = tree_get(shapes, e.path).shape
     value = tensors.pop(e.torch_name, None)
     if value is None:
       errors.append(f"missing tensor {e.torch_name} (shape {torch_names.torch_shape(e.kind, expected)})")
@@ -139,7 +139,7 @@ def params_from_torch(tensors: dict[str, np.ndarray], cfg: ModelConfig, with_mlm
     if tuple(value.shape) != tuple(want):
       errors.append(f"tensor {e.torch_name} has shape {tuple(value.shape)}, the config needs {tuple(want)}")
       continue
-    _set(params, e.path, torch_names.to_ours(e.kind, value, cfg))
+    tree_set(params, e.path, torch_names.to_ours(e.kind, value, cfg))
   decoder = tensors.pop(torch_names.TIED_DECODER, None)
   words = params.get("roformer", {}).get("embeddings", {}).get("word_embeddings")
   if decoder is not None and words is not None:
@@ -164,13 +164,15 @@ def params_from_torch(tensors: dict[str, np.ndarray], cfg: ModelConfig, with_mlm
   return stack_layers(params, cfg.num_layers) if cfg.scan_layers else params
 
 
-def _get(tree, path):
+def tree_get(tree: dict, path: tuple[str, ...]):
+  """tree[path[0]][path[1]]..."""
   for p in path:
     tree = tree[p]
   return tree
 
 
-def _set(tree, path, value):
+def tree_set(tree: dict, path: tuple[str, ...], value) -> None:
+  """tree[path[0]]...[path[-1]] = value, creating the dicts on the way."""
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
   tree[path[-1]] = value

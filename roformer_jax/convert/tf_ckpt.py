@@ -21,7 +21,7 @@ import numpy as np
 
 from roformer_jax.config import ConfigError, ModelConfig
 from roformer_jax.convert import torch_names
-from roformer_jax.convert.load import CheckpointError, config_from_hf
+from roformer_jax.convert.load import CheckpointError, config_from_hf, tree_get, tree_set
 from roformer_jax.model import RoFormerForMaskedLM, RoFormerModel, stack_layers
 
 CONFIG_FILE = "bert_config.json"
@@ -169,7 +169,7 @@ def params_from_tf(variables: Mapping[str, np.ndarray], cfg: ModelConfig, with_m
   errors = []
   for e in torch_names.entries(cfg, with_mlm):
     name = tf_name(e)
-    want = _tf_shape(e.kind, _get(shapes, e.path).shape)
+    want = _tf_shape(e.kind, tree_get(shapes, e.path).shape)
     if name not in names:
       errors.append(f"missing variable {name} (shape {want})")
       continue
@@ -179,7 +179,7 @@ def params_from_tf(variables: Mapping[str, np.ndarray], cfg: ModelConfig, with_m
       errors.append(f"variable {name} has shape {tuple(got)}, the config needs {want}")
       continue
     if not errors:  # after the first error only names and shapes matter
-      _set(params, e.path, from_tf(e.kind, np.asarray(variables[name], np.float32), cfg))
+      tree_set(params, e.path, from_tf(e.kind, np.asarray(variables[name], np.float32), cfg))
   patterns = [re.compile(p) for p in ignore]
   unexpected = sorted(n for n in names if not NON_WEIGHTS.search(n) and not any(p.search(n) for p in patterns))
   if not with_mlm:
@@ -193,18 +193,6 @@ def params_from_tf(variables: Mapping[str, np.ndarray], cfg: ModelConfig, with_m
                           "\n  ".join(errors) + hint)
   params = params if with_mlm else params["roformer"]
   return stack_layers(params, cfg.num_layers) if cfg.scan_layers else params
-
-
-def _get(tree, path):
-  for p in path:
-    tree = tree[p]
-  return tree
-
-
-def _set(tree, path, value):
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = value
 
 
 def is_tf_release(folder: str | os.PathLike) -> bool:
