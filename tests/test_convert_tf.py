@@ -259,11 +259,11 @@ def test_tf_names_round_trip_through_our_writer(releases, tmp_path):
   folder = releases["v1-embedding-mapping"][0]
   model, params = rj.from_pretrained(folder)
   from roformer_jax.convert import torch_names
-  from roformer_jax.convert.load import _get
+  from roformer_jax.convert.load import tree_get
   entries = torch_names.entries(model.cfg, with_mlm=True)
   out = tmp_path / "again"
   out.mkdir()
-  tf_ckpt.write_tf_checkpoint(((tf_ckpt.tf_name(e), tf_ckpt.to_tf(e.kind, np.asarray(_get(params, e.path))))
+  tf_ckpt.write_tf_checkpoint(((tf_ckpt.tf_name(e), tf_ckpt.to_tf(e.kind, np.asarray(tree_get(params, e.path))))
                                for e in entries), out / "bert_model.ckpt")
   shutil.copy(folder / "bert_config.json", out)
   import tensorflow as tf
