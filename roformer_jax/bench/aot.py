@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -33,14 +34,20 @@ def topology_devices(topology: str):
   family = topology.split(":")[0]
   if family not in CHIPS:
     raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
-  try:
-    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
-  except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
-    hint = "Is libtpu installed (pip install 'jax[tpu]')?"
-    if "lockfile" in str(e):
-      hint = ("Another JAX process holds libtpu's lock (/tmp/libtpu_lockfile): start other JAX processes "
-              "with JAX_PLATFORMS=cpu so they never load libtpu.")
-    raise SystemExit(f"aot: cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}). {hint}") from None
+  deadline = time.monotonic() + 120
+  while True:
+    try:
+      return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
+      locked = "lockfile" in str(e)
+      if locked and time.monotonic() < deadline:  # another process holds libtpu: wait for it
+        time.sleep(5)
+        continue
+      hint = "Is libtpu installed (pip install 'jax[tpu]')?"
+      if locked:
+        hint = ("Another JAX process holds libtpu's lock (/tmp/libtpu_lockfile): start other JAX processes "
+                "with JAX_PLATFORMS=cpu so they never load libtpu.")
+      raise SystemExit(f"aot: cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}). {hint}") from None
 
 
 def compile_step(model_cfg, devices, mesh_axes: tuple[int, int, int], batch: int, seq: int, predictions: int,
