@@ -52,6 +52,8 @@ class ModelConfig:
   attention_options: tuple[tuple[str, Any], ...] = ()
   # Training-time layout of the layer stack: nn.scan keeps compile time flat in depth (params then
   # carry a leading `layers` axis); remat recomputes each layer's activations in the backward pass.
+  # Measured on XLA:CPU: remat only lowers compiled memory together with scan_layers=True (unrolled,
+  # XLA re-fuses the recomputation away); see docs/BENCHMARKS.md, attention variants.
   scan_layers: bool = False
   remat: str = "none"
 
