@@ -21,6 +21,8 @@ when first needed.
 
 from __future__ import annotations
 
+import abc
+
 import argparse
 import collections
 import dataclasses
@@ -73,30 +75,33 @@ def _truncated_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
   return len_a - rest // 2, len_b - first - (rest - rest // 2)
 
 
-class _Tokenizer:
+class _Tokenizer(abc.ABC):
   """Shared BERT-style assembly. A backend provides `_pieces` (ids and offsets of each text, no
   special tokens), `_decode_run`, `vocab_size`, `token_to_id`, `id_to_token`, and `_special`."""
 
   _special: dict[str, int]
 
+  @abc.abstractmethod
   def _pieces(self, texts: list[str], offsets: bool = True
               ) -> list[tuple[np.ndarray, Optional[np.ndarray]]]:
     """Per text: int32 ids [n] and int32 character offsets [n, 2] (may be None if not `offsets`)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def _decode_run(self, ids: list[int]) -> str:
-    raise NotImplementedError
+    """Text of a run of non-special ids."""
 
   @property
+  @abc.abstractmethod
   def vocab_size(self) -> int:
-    raise NotImplementedError
+    """Number of ids."""
 
+  @abc.abstractmethod
   def token_to_id(self, token: str) -> Optional[int]:
     """Id of `token`, None if it is not in the vocabulary."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def id_to_token(self, id: int) -> str:
-    raise NotImplementedError
+    """Token of `id`."""
 
   pad_id = property(lambda self: self._special[PAD], doc="id of [PAD] (always 0)")
   unk_id = property(lambda self: self._special[UNK], doc="id of [UNK]")
