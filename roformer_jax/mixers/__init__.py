@@ -14,6 +14,21 @@ TOKEN_MIXERS: dict[str, type[nn.Module]] = {}
 BLOCKS: dict[str, type[nn.Module]] = {}
 
 
+def read_options(cfg, name: str, defaults: dict, positive_ints: tuple[str, ...] = ()) -> dict:
+  """`defaults` overridden by cfg.attention_options; unknown keys and non-positive ints raise,
+  naming the config key."""
+  opts = {**defaults, **dict(cfg.attention_options)}
+  unknown = sorted(set(opts) - set(defaults))
+  if unknown:
+    raise ValueError(f"ModelConfig.attention_options: unknown keys {unknown} for attention={name!r}; "
+                     f"known: {sorted(defaults)}")
+  for key in positive_ints:
+    value = opts[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+      raise ValueError(f"ModelConfig.attention_options {key}={value!r} must be a positive int")
+  return opts
+
+
 def register_mixer(name: str):
   def wrap(cls):
     TOKEN_MIXERS[name] = cls

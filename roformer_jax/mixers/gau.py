@@ -19,22 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from roformer_jax import rope as rope_lib
-from roformer_jax.mixers import register_block
+from roformer_jax.mixers import read_options, register_block
 
 OPTIONS = {"gau_expansion": 2, "gau_key_size": 128}
 
 
 def gau_options(cfg) -> tuple[int, int]:
   """(expansion, key_size) from cfg.attention_options, validated."""
-  opts = {**OPTIONS, **dict(cfg.attention_options)}
-  unknown = sorted(set(opts) - set(OPTIONS))
-  if unknown:
-    raise ValueError(f"ModelConfig.attention_options: unknown keys {unknown} for attention='gau'; "
-                     f"known: {sorted(OPTIONS)}")
-  for key in OPTIONS:
-    value = opts[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"ModelConfig.attention_options {key}={value!r} must be a positive int")
+  opts = read_options(cfg, "gau", OPTIONS, ("gau_expansion", "gau_key_size"))
   if opts["gau_key_size"] % cfg.head_size:
     raise ValueError(f"ModelConfig.attention_options gau_key_size={opts['gau_key_size']} must be a multiple of the "
                      f"head size {cfg.head_size}: RoPE rotates the key in head-size chunks")

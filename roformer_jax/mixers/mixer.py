@@ -13,22 +13,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roformer_jax.mixers import register_mixer
+from roformer_jax.mixers import read_options, register_mixer
 
 OPTIONS = {"mixer_max_length": 512, "mixer_hidden": 256}
 
 
 def mixer_options(cfg) -> tuple[int, int]:
   """(max_length, hidden) from cfg.attention_options, validated."""
-  opts = {**OPTIONS, **dict(cfg.attention_options)}
-  unknown = sorted(set(opts) - set(OPTIONS))
-  if unknown:
-    raise ValueError(f"ModelConfig.attention_options: unknown keys {unknown} for attention='mixer'; "
-                     f"known: {sorted(OPTIONS)}")
-  for key in OPTIONS:
-    value = opts[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-      raise ValueError(f"ModelConfig.attention_options {key}={value!r} must be a positive int")
+  opts = read_options(cfg, "mixer", OPTIONS, ("mixer_max_length", "mixer_hidden"))
   return opts["mixer_max_length"], opts["mixer_hidden"]
 
 

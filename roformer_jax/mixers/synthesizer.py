@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from roformer_jax.mixers import register_mixer
+from roformer_jax.mixers import read_options, register_mixer
 
 KINDS = ("dense", "random")
 OPTIONS = {"synthesizer_kind": "dense", "synthesizer_max_length": 512}
@@ -22,18 +22,11 @@ OPTIONS = {"synthesizer_kind": "dense", "synthesizer_max_length": 512}
 
 def synthesizer_options(cfg) -> tuple[str, int]:
   """(kind, max_length) from cfg.attention_options, validated."""
-  opts = {**OPTIONS, **dict(cfg.attention_options)}
-  unknown = sorted(set(opts) - set(OPTIONS))
-  if unknown:
-    raise ValueError(f"ModelConfig.attention_options: unknown keys {unknown} for attention='synthesizer'; "
-                     f"known: {sorted(OPTIONS)}")
+  opts = read_options(cfg, "synthesizer", OPTIONS, ("synthesizer_max_length",))
   if opts["synthesizer_kind"] not in KINDS:
     raise ValueError(f"ModelConfig.attention_options synthesizer_kind={opts['synthesizer_kind']!r}: "
                      f"expected one of {KINDS}")
-  max_length = opts["synthesizer_max_length"]
-  if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
-    raise ValueError(f"ModelConfig.attention_options synthesizer_max_length={max_length!r} must be a positive int")
-  return opts["synthesizer_kind"], max_length
+  return opts["synthesizer_kind"], opts["synthesizer_max_length"]
 
 
 def synthesized_logits(params: dict, x: jax.Array, kind: str, length: int) -> jax.Array:
