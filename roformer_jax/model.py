@@ -86,9 +86,12 @@ class Dense(nn.Module):
     init = self.kernel_init or _kernel_init(self.cfg, fan_in)
     kernel = self.param("kernel", _param(init, self.kernel_axes), in_shape + self.features, jnp.float32)
     dtype = jnp.dtype(self.cfg.dtype)
-    contract = tuple(range(x.ndim - self.in_axes, x.ndim))
-    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype),
-                            ((contract, tuple(range(self.in_axes))), ((), ())))
+    # One 2-D [tokens, fan_in] x [fan_in, fan_out] matmul: with the leading dims kept, XLA:CPU's
+    # backward contracts over (batch, length) through transposed copies, ~25% slower per layer.
+    # Under a sharded mesh the reshape merges sharded dims; XLA keeps them sharded.
+    lead = x.shape[:-self.in_axes]
+    y = jnp.dot(x.reshape(-1, fan_in).astype(dtype), kernel.reshape(fan_in, -1).astype(dtype))
+    y = y.reshape(lead + self.features)
     use_bias = self.cfg.use_bias if self.use_bias is None else self.use_bias
     if use_bias:
       bias = self.param("bias", _param(nn.initializers.zeros, self.kernel_axes[-len(self.features):]),

@@ -21,8 +21,12 @@ def _mlm_logits(model: nn.Module, params: Any, batch: dict, **kwargs) -> jax.Arr
 
 def _mlm_sums(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
   labels, weights = batch["masked_labels"], batch["masked_weights"].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  # Correct = the label's logit is the row maximum. Same as argmax == label except on exact ties,
+  # and far cheaper than argmax's variadic reduce on XLA:CPU (~1.5% of a small model's step).
+  label_logit = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  correct = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   return jnp.sum(ce * weights), {"weight": jnp.sum(weights), "accuracy": jnp.sum(correct * weights)}
 
 

@@ -1,4 +1,4 @@
-"""Attention variants against the `softmax` reference: forward, gradients, padding, packing, dropout,
+"""Attention variants (`softmax` itself included) against the einsum reference: forward, gradients, padding, packing, dropout,
 O(n) memory, and the Pallas kernel's lowering to Triton and Mosaic. Small shapes; Pallas runs interpreted."""
 
 import jax
@@ -9,6 +9,7 @@ import pytest
 from roformer_jax import attention as attn
 from roformer_jax import rope as rope_lib
 from roformer_jax.attention import blockwise
+from roformer_jax.attention.softmax import reference_attention
 
 B, L, H, D = 2, 37, 2, 16  # L deliberately not a block multiple
 
@@ -31,11 +32,12 @@ def _masks(key_mask):
 
 def _loss(name, mask, rope, **options):
   weights = jnp.cos(jnp.arange(D, dtype=jnp.float32))  # a non-uniform cotangent
-  fn = attn.get_attention(name)
+  fn = reference_attention if name == "reference" else attn.get_attention(name)
   return lambda q, k, v: jnp.sum(fn(q, k, v, mask, rope=rope, **options).astype(jnp.float32) * weights)
 
 
 EXACT = {
+    "softmax": {},  # the default: the reference's maths with a hand-written backward
     "dot_product": {},
     "blockwise": dict(block_q=16, block_k=8),
     "pallas": dict(block_q=16, block_k=8),  # interpret=True by default on CPU
@@ -44,13 +46,13 @@ EXACT = {
 
 @pytest.mark.parametrize("masking", ["padding", "packed"])
 @pytest.mark.parametrize("name", sorted(EXACT))
-def test_exact_variants_match_softmax(name, masking):
+def test_exact_variants_match_the_reference(name, masking):
   q, k, v, key_mask, rope = _inputs()
   mask = _masks(key_mask)[masking]
-  want = attn.get_attention("softmax")(q, k, v, mask, rope=rope)
+  want = reference_attention(q, k, v, mask, rope=rope)
   got = attn.get_attention(name)(q, k, v, mask, rope=rope, **EXACT[name])
   np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
-  want_grads = jax.grad(_loss("softmax", mask, rope), (0, 1, 2))(q, k, v)
+  want_grads = jax.grad(_loss("reference", mask, rope), (0, 1, 2))(q, k, v)
   grads = jax.grad(_loss(name, mask, rope, **EXACT[name]), (0, 1, 2))(q, k, v)
   for g, w, what in zip(grads, want_grads, "qkv"):
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5, err_msg=f"d{what}")
@@ -76,11 +78,33 @@ def test_splash_matches_softmax_on_whole_blocks():
     attn.get_attention("splash")(*_inputs()[:3], attn.AttentionMask(_inputs()[3]), block=16)
 
 
+def test_softmax_dropout_no_rope_and_bfloat16_match_the_reference():
+  """The hand-written backward against autodiff of the reference: the same Bernoulli draw, no RoPE, bf16."""
+  q, k, v, key_mask, rope = _inputs(5)
+  mask = _masks(key_mask)["packed"]
+  for options in (dict(dropout_rate=0.3, dropout_rng=jax.random.PRNGKey(7), deterministic=False), dict(rope=None)):
+    options = {"rope": rope, **options}
+    r = options.pop("rope")
+    want, want_grads = jax.value_and_grad(_loss("reference", mask, r, **options), (0, 1, 2))(q, k, v)
+    got, grads = jax.value_and_grad(_loss("softmax", mask, r, **options), (0, 1, 2))(q, k, v)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(grads, want_grads):
+      np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+  qb, kb, vb = (t.astype(jnp.bfloat16) for t in (q, k, v))
+  got = attn.get_attention("softmax")(qb, kb, vb, mask, rope=rope)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(got, reference_attention(qb, kb, vb, mask, rope=rope))
+  grad = lambda fn: jax.grad(lambda q: jnp.sum(fn(q, kb, vb, mask, rope=rope).astype(jnp.float32)))(qb)
+  g = grad(attn.get_attention("softmax"))
+  assert g.dtype == jnp.bfloat16
+  np.testing.assert_allclose(g.astype(jnp.float32), grad(reference_attention).astype(jnp.float32), atol=2e-2)
+
+
 def test_blockwise_bfloat16_and_no_rope():
   q, k, v, key_mask, rope = _inputs(1, jnp.bfloat16)
   mask = _masks(key_mask)["packed"]
   for r in (rope, None):
-    want = attn.get_attention("softmax")(q, k, v, mask, rope=r).astype(jnp.float32)
+    want = reference_attention(q, k, v, mask, rope=r).astype(jnp.float32)
     got = attn.get_attention("blockwise")(q, k, v, mask, rope=r, block_q=8, block_k=16)
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=3e-2)

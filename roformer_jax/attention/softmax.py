@@ -1,6 +1,18 @@
-"""Exact softmax attention, the einsum reference every other variant is tested against."""
+"""Exact softmax attention: the einsum reference, and `softmax`, the same maths with a hand-written backward.
+
+`reference_attention` is the textbook formula differentiated by JAX; every variant, `softmax` included,
+is tested against it. `softmax` (the default) computes the same function but owns its VJP:
+  * RoPE and the 1/sqrt(d) scale are applied once, on the way into the [B, H, L, D] layout the
+    batched matmuls want, in a half-split basis (even pair members first) that needs only contiguous
+    slices. Scores are invariant to permuting d in q and k alike, so nothing else changes;
+  * the backward uses rowsum(dO * O) instead of rowsum(dP * P) (FlashAttention's identity) and maps
+    dq, dk back through the inverse rotation directly instead of differentiating strided slices.
+On a 2-core CPU this makes the RoFormerV2-small train step ~6% faster (docs/BENCHMARKS.md).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +20,12 @@ import jax.numpy as jnp
 from roformer_jax import rope as rope_lib
 from roformer_jax.attention import AttentionMask, register
 
+_MIN = float(jnp.finfo(jnp.float32).min)
 
-@register("softmax")
-def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
-                      rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
-                      dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
+                        rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
+                        dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
   """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
   if rope is not None:
     q, k = rope_lib.apply_rope(q, *rope), rope_lib.apply_rope(k, *rope)
@@ -20,9 +33,88 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionM
   # Scores accumulate and softmax in float32 whatever the compute dtype.
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   # A finite minimum (not -inf) keeps fully masked rows finite, as the ports' additive masks do.
-  scores = jnp.where(mask.dense(), scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask.dense(), scores, _MIN)
   probs = jax.nn.softmax(scores, axis=-1)
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
+
+
+def _to_heads(x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+  """[B, L, H, D] -> rope(x) as [B, H, L, D] in the half-split basis (float32 rotation, x's dtype out)."""
+  if rope is not None:
+    sin, cos = (t[:, :, None, :] for t in rope)
+    x1, x2 = x[..., 0::2].astype(jnp.float32), x[..., 1::2].astype(jnp.float32)
+    x = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+  return x.transpose(0, 2, 1, 3)
+
+
+def _from_heads(g: jax.Array, rope: tuple[jax.Array, jax.Array] | None, dtype, perm=(0, 2, 1, 3)) -> jax.Array:
+  """The transpose of `_to_heads` (a linear map): a [B, H, L, D] cotangent (or any layout, with the
+  `perm` that takes it to [B, L, H, D]) -> [B, L, H, D]."""
+  g = g.transpose(perm).astype(jnp.float32)
+  if rope is not None:
+    sin, cos = (t[:, :, None, :] for t in rope)
+    half = g.shape[-1] // 2
+    g1, g2 = g[..., :half], g[..., half:]
+    g = jnp.stack([g1 * cos + g2 * sin, g2 * cos - g1 * sin], axis=-1).reshape(g.shape)
+  return g.astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attend(q, k, v, visible, rope, keep, rate):
+  return _attend_fwd(q, k, v, visible, rope, keep, rate)[0]
+
+
+def _attend_fwd(q, k, v, visible, rope, keep, rate):
+  scale = q.shape[-1] ** -0.5
+  qh = _to_heads(q, rope) * jnp.asarray(scale, q.dtype)  # exact for d = 64 (a power of 2)
+  kh, vh = _to_heads(k, rope), v.transpose(0, 2, 1, 3)
+  # + bias (0 or the float32 minimum) rather than `where`: XLA:CPU re-evaluates a `where` in every
+  # consumer of the softmax fusion. s + MIN rounds to MIN for any |s| < 1e31, as the reference's fill.
+  s = jnp.einsum("bhld,bhmd->bhlm", qh, kh, preferred_element_type=jnp.float32)
+  s = s + jnp.where(visible, 0.0, _MIN)
+  e = jnp.exp(s - jnp.max(s, axis=-1, keepdims=True))
+  p = e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
+  pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
+  o = jnp.einsum("bhlm,bhmd->bhld", pd.astype(v.dtype), vh, preferred_element_type=jnp.float32)
+  out = o.astype(v.dtype).transpose(0, 2, 1, 3)
+  return out, (qh, kh, vh, p, o, visible, rope, keep)
+
+
+def _attend_bwd(rate, res, dout):
+  qh, kh, vh, p, o, visible, rope, keep = res
+  scale = qh.shape[-1] ** -0.5
+  do = dout.transpose(0, 2, 1, 3)
+  pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
+  # dV and dK contract over the query axis; written out as [B, H, D, L] they run ~1.4x faster on
+  # XLA:CPU than as [B, H, L, D], and both need a transpose to [B, L, H, D] anyway.
+  dv = jnp.einsum("bhlm,bhld->bhdm", pd.astype(do.dtype), do, preferred_element_type=jnp.float32)
+  dp = jnp.einsum("bhld,bhmd->bhlm", do, vh, preferred_element_type=jnp.float32)
+  if keep is not None:
+    dp = jnp.where(keep, dp * (1.0 / (1.0 - rate)), 0.0)
+  # rowsum(dP * P) == rowsum(dO * O), with or without dropout; O is [.., D], P is [.., L].
+  ds = p * (dp - jnp.sum(do.astype(jnp.float32) * o, axis=-1, keepdims=True))
+  ds = jnp.where(visible, ds, 0.0)  # masked scores get no gradient, as `where` gives the reference
+  dqh = jnp.einsum("bhlm,bhmd->bhld", ds.astype(kh.dtype), kh, preferred_element_type=jnp.float32) * scale
+  dkh = jnp.einsum("bhlm,bhld->bhdm", ds.astype(qh.dtype), qh, preferred_element_type=jnp.float32)
+  dq, dk = _from_heads(dqh, rope, qh.dtype), _from_heads(dkh, rope, kh.dtype, perm=(0, 3, 1, 2))
+  zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
+  return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, zeros(rope), None
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+@register("softmax")
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
+                      rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
+                      dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+  """`reference_attention` with a hand-written backward; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
+  keep = None
+  if not deterministic and dropout_rate > 0.0:
+    b, length, heads, _ = q.shape
+    # The reference's draw: same key, same shape, so the same mask.
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (b, heads, length, k.shape[1]))
+  return _attend(q, k, v, mask.dense(), rope, keep, float(dropout_rate))

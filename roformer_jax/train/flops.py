@@ -39,14 +39,17 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None 
   return 3.0 * forward_flops(cfg, batch, seq, predictions)
 
 
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6) -> float:
-  """FLOP/s of one n x n matmul on the default device, measured in this process (best of `repeats`:
-  the peak is what the hardware can reach, so interference from other processes is discarded)."""
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6, min_seconds: float = 1.0) -> float:
+  """FLOP/s of one n x n matmul on the default device, measured in this process: the best of at least
+  `repeats` runs and `min_seconds` of them. The peak is what the hardware can reach, so slow runs
+  (interference, clocks still ramping up) are discarded; a longer window only raises the estimate,
+  which makes the MFU quoted against it conservative."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
-  times = []
-  for _ in range(repeats):
+  times: list[float] = []
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
     t = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)
