@@ -196,8 +196,12 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
       writer.write(done, m)
       writer.progress(done, m, remaining_s=step_time * (cfg.steps - done))
 
+    profile_dir, profiling = local_dir / "profile", False
     try:
       for step in range(start, cfg.steps):
+        if step == cfg.profile_start:
+          jax.profiler.start_trace(str(profile_dir))
+          profiling = True
         local = next(train_iter)
         overflow += int(local.pop("masked_overflow").sum())
         batch = sharding.global_batch(local, mesh)
@@ -206,6 +210,11 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
           report(pending)
         pending = (step + 1, metrics)
         next_step = step + 1
+        if profiling and next_step >= cfg.profile_start + cfg.profile_steps:
+          jax.block_until_ready(metrics)  # the window ends when its last step has run
+          jax.profiler.stop_trace()
+          profiling = False
+          writer.log(f"profiled steps {cfg.profile_start}..{next_step - 1} into {profile_dir}")
         stop = preempt.reached(next_step)
         if stop or next_step % cfg.checkpoint_every == 0 or next_step == cfg.steps:
           report(pending)  # never checkpoint a non-finite state
@@ -231,6 +240,8 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
       if pending is not None:
         report(pending)
     finally:
+      if profiling:
+        jax.profiler.stop_trace()
       preempt.restore()
       ckpt.close()
       writer.close()

@@ -38,3 +38,15 @@ def test_a_layout_that_cannot_fit_fails_clearly():
 def test_unknown_topology_is_named():
   out = _aot("--topology", "v9x:2x2", "--preset", "tiny", "--batch", "8")
   assert out.returncode != 0 and "unknown TPU family in --topology 'v9x:2x2'" in out.stderr
+
+
+def test_scanned_step_on_megacore_v4_gets_an_extrapolated_estimate():
+  """v4 is described in megacore mode (one device per chip, as JAX runs it there); with --scan, XLA's
+  counts come from unrolled 2- and 4-layer compiles extrapolated to the model's depth."""
+  out = _aot("--topology", "v4:2x2x1", "--preset", "tiny", "--batch", "8", "--seq", "128", "--remat", "full",
+             "--scan")
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r["chips"] == 4 and r["device_kind"] == "TPU v4" and r["hbm_bytes"] == 32 * 2**30
+  assert r["scan_layers"] and "extrapolated" in r["est_source"] and r["est_step_s"] > 0
+  assert r["xla_flops_per_chip"] >= 0.8 * r["model_flops"] / r["chips"]

@@ -57,7 +57,8 @@ def _losses(workdir):
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
-  out = _run(_args(data, workdir, "--config.export_every", str(N)))
+  out = _run(_args(data, workdir, "--config.export_every", str(N), "--config.profile_start", "2",
+                   "--config.profile_steps", "2"))
   return workdir, out
 
 
@@ -74,6 +75,8 @@ def test_outputs(straight):
   assert any(p.name.startswith("events.out.tfevents") for p in workdir.iterdir())
   assert "tok/s" in out.stdout and "ETA" in out.stdout and "MFU" in out.stdout
   assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [N, 2 * N]
+  # --config.profile_start/steps: a profiler trace of the window, readable by TensorBoard.
+  assert list((workdir / "profile").rglob("*.xplane.pb")) and "profiled steps 2..3" in out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("mode, kill_at", [("after", N), ("during", 2 * N)])

@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.export_every = 0                # HF-style export every N steps (0 = off)
   c.skip_nonfinite = False          # skip a NaN/inf step instead of stopping
   c.residual_warmup_steps = 0       # RoFormerV2 alpha 0 -> 1 over N steps (0 = off)
+  c.profile_start = -1              # jax.profiler trace of steps [start, start + profile_steps) into
+  c.profile_steps = 5               # <workdir>/profile (TensorBoard's profile tab); -1 = off
 
   # Device mesh (-1 fills the remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

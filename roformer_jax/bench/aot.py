@@ -5,6 +5,12 @@
 Needs libtpu (`pip install 'jax[tpu]'`; no TPU is used). Prints one JSON line with per-chip
 argument / temporary / total HBM bytes, XLA's FLOP and byte counts, a step-time estimate and the
 MFU it implies; exits 2 with a clear message when the layout does not fit the chip's HBM.
+
+v4 and v5p chips have two TensorCores; the topology is described in megacore mode (one JAX device per
+chip), which is what JAX uses on those VMs by default. With `--scan`, XLA's cost analysis counts the
+layer loop once, so the FLOP / byte counts come from two extra *unrolled* compiles at 2 and 4 layers,
+extrapolated linearly to the model's depth (per-layer cost is constant; embeddings, head and optimiser
+fall in the intercept). Memory always comes from the real program.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ CHIPS = {
     "v5p": (95 * 2**30, 459e12, 2.76e12),
     "v6e": (32 * 2**30, 918e12, 1.64e12),
 }
+MEGACORE = ("v4", "v5p")
 
 
 def topology_devices(topology: str):
@@ -34,10 +41,12 @@ def topology_devices(topology: str):
   family = topology.split(":")[0]
   if family not in CHIPS:
     raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
+  # Megacore: one device per chip with both TensorCores, JAX's default on v4 and v5p VMs.
+  extra = {"chip_config_name": "megacore"} if family in MEGACORE else {}
   deadline = time.monotonic() + 120
   while True:
     try:
-      return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+      return topologies.get_topology_desc(platform="tpu", topology_name=topology, **extra).devices
     except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
       locked = "lockfile" in str(e)
       if locked and time.monotonic() < deadline:  # another process holds libtpu: wait for it
@@ -76,18 +85,34 @@ def compile_step(model_cfg, devices, mesh_axes: tuple[int, int, int], batch: int
     return train.lower(abstract, abstract_batch).compile(), mesh
 
 
-def analyse(compiled, model_cfg, family: str, chips: int, batch: int, seq: int, predictions: int) -> dict:
+def xla_cost(compiled) -> tuple[float, float, float]:
+  """(FLOPs, bytes accessed, optimal seconds or -1) per device from XLA's cost analysis."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return (float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan"))),
+          float(cost.get("optimal_seconds", -1.0)))
+
+
+def extrapolated_cost(model_cfg, devices, mesh_axes, batch: int, seq: int, predictions: int) -> tuple[float, float]:
+  """XLA's (FLOPs, bytes) for the unrolled step at `num_layers`, from unrolled compiles at 2 and 4 layers."""
+  small = {n: xla_cost(compile_step(model_cfg.replace(num_layers=n, scan_layers=False), devices, mesh_axes,
+                                    batch, seq, predictions)[0]) for n in (2, 4)}
+  per_layer = [(small[4][i] - small[2][i]) / 2 for i in (0, 1)]
+  return tuple(small[2][i] + per_layer[i] * (model_cfg.num_layers - 2) for i in (0, 1))
+
+
+def analyse(compiled, model_cfg, family: str, chips: int, batch: int, seq: int, predictions: int,
+            cost: tuple[float, float] | None = None) -> dict:
+  """Per-chip memory, and a step-time / MFU estimate from XLA's counts (or the given (flops, bytes))."""
   from roformer_jax.train import flops
   hbm, peak, bandwidth = CHIPS[family]
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   args, temp, out, alias = (mem.argument_size_in_bytes, mem.temp_size_in_bytes, mem.output_size_in_bytes,
                             mem.alias_size_in_bytes)
   total = args + temp + out - alias  # donated outputs alias their arguments
-  xla_flops = float(cost.get("flops", float("nan")))
-  xla_bytes = float(cost.get("bytes accessed", float("nan")))
-  xla_seconds = float(cost.get("optimal_seconds", -1.0))
+  xla_flops, xla_bytes, xla_seconds = xla_cost(compiled)
+  if cost is not None:
+    (xla_flops, xla_bytes), xla_seconds = cost, -1.0
   # XLA's per-chip counts through a roofline: the larger of compute time and HBM-traffic time.
   roofline = max(xla_flops / peak, xla_bytes / bandwidth)
   est = xla_seconds if xla_seconds > 0 else roofline
@@ -95,7 +120,9 @@ def analyse(compiled, model_cfg, family: str, chips: int, batch: int, seq: int, 
   return {"argument_bytes": int(args), "temp_bytes": int(temp), "output_bytes": int(out), "alias_bytes": int(alias),
           "total_bytes": int(total), "hbm_bytes": hbm, "fits": total <= hbm,
           "xla_flops_per_chip": xla_flops, "xla_bytes_per_chip": xla_bytes,
-          "est_step_s": est, "est_source": "xla optimal_seconds" if xla_seconds > 0 else "roofline of XLA cost analysis",
+          "est_step_s": est, "est_source": ("xla optimal_seconds" if xla_seconds > 0 else
+                                            "roofline of XLA cost analysis" + (" (2/4-layer unrolled, extrapolated)"
+                                                                               if cost is not None else "")),
           "model_flops": model_flops, "est_mfu": model_flops / (est * chips * peak) if est > 0 else None,
           "tokens_per_s_per_chip": batch * seq / est / chips if est > 0 else None}
 
@@ -111,7 +138,8 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="dots")
   p.add_argument("--scan", action="store_true",
-                 help="nn.scan over layers (faster compile, but XLA's cost analysis then counts one layer)")
+                 help="nn.scan over layers (faster compile); FLOP/byte counts then come from unrolled 2- and "
+                      "4-layer compiles extrapolated to the full depth")
   p.add_argument("--attention", default="softmax")
   a = p.parse_args(argv)
 
@@ -130,12 +158,12 @@ def main(argv=None) -> None:
     sys.exit(f"aot: does not fit on {a.topology} ({family}, {CHIPS[family][0] / 2**30:.0f} GiB HBM per chip) with "
              f"mesh {a.mesh}, batch {a.batch}, seq {a.seq}: {detail}. Try --remat full, a larger fsdp axis, "
              "or a smaller --batch.")
+  # XLA's cost analysis counts a while-loop body once: count the unrolled step instead.
+  cost = extrapolated_cost(cfg, devices, mesh_axes, a.batch, a.seq, preds) if a.scan else None
   result = {"topology": a.topology, "chips": len(devices), "device_kind": devices[0].device_kind,
             "preset": a.preset, "batch": a.batch, "seq": a.seq, "mesh": dict(mesh.shape), "dtype": a.dtype,
-            "remat": a.remat, "scan_layers": a.scan, "date": today(), **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds)}
-  if a.scan:  # XLA's cost analysis counts a while-loop body once: no honest step-time estimate
-    result.update(est_step_s=None, est_mfu=None, tokens_per_s_per_chip=None,
-                  est_source="not estimated: XLA counts the scanned layer loop once (rerun without --scan)")
+            "remat": a.remat, "scan_layers": a.scan, "date": today(),
+            **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds, cost)}
   print(json.dumps(result), flush=True)
   if not result["fits"]:
     gib = result["total_bytes"] / 2**30

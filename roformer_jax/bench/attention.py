@@ -159,6 +159,9 @@ def _cost_flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+QUADRATIC = ("softmax", "dot_product", "synthesizer", "gau")  # hold [batch, heads, n, n] float32 scores
+
+
 def measure(variant, n, mode, base, batch, options, repeats, mem_budget, cell_budget, previous_ms):
   """One CSV row as a dict."""
   row = dict(variant=variant, n=n, mode=mode, flops_analytic=analytic(variant, n, mode, base) * batch,
@@ -173,6 +176,13 @@ def measure(variant, n, mode, base, batch, options, repeats, mem_budget, cell_bu
   mem = compiled.memory_analysis()
   row["flops_xla"], row["temp_bytes"] = _cost_flops(compiled), int(mem.temp_size_in_bytes)
   footprint = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+  # XLA:CPU's memory_analysis() does not see buffers inside its YNN library fusions: `softmax`'s forward
+  # fuses scores -> softmax -> values into one, reports O(n) temp, and still holds the n x n scores
+  # (a 16384-token run was OOM-killed past 24 GB). The quadratic variants are budgeted at least that:
+  # scores and probabilities, float32, on top of the arguments and outputs.
+  if variant.split(":")[-1] in QUADRATIC:
+    heads = 1 if variant.split(":")[-1] == "gau" else base.num_heads
+    footprint = max(footprint, mem.argument_size_in_bytes + mem.output_size_in_bytes + 2 * batch * heads * n * n * 4)
   interpreted = variant.split(":")[-1] == "pallas" and jax.default_backend() == "cpu"
   predicted = previous_ms * (4.0 if previous_ms else 0.0)  # quadratic growth per doubling, the worst case
   if footprint > mem_budget:
