@@ -19,10 +19,13 @@ usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 NAME="" ZONE="" QUEUED=0 INTERVAL=300 MAX_RECREATES=20
 COMMON=() CREATE=() SETUP=() LAUNCH=() OVERRIDES=()
 while [[ $# -gt 0 ]]; do
+  common_option "$@"
+  if ((SHIFT)); then
+    if ((SHIFT == 2)); then COMMON+=("$1" "$2"); fi  # --name, --zone, --project go to every step
+    shift "$SHIFT"
+    continue
+  fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; COMMON+=("$1" "$2"); shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; COMMON+=("$1" "$2"); shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; COMMON+=("$1" "$2"); shift 2 ;;
     --accelerator | --runtime-version) need_value "$@"; CREATE+=("$1" "$2"); shift 2 ;;
     --spot) CREATE+=("$1"); shift ;;
     --queued) QUEUED=1; CREATE+=("$1"); shift ;;
@@ -30,8 +33,6 @@ while [[ $# -gt 0 ]]; do
     --config | --workdir | --data-dir) need_value "$@"; LAUNCH+=("$1" "$2"); shift 2 ;;
     --interval) need_value "$@"; INTERVAL=$2; shift 2 ;;
     --max-recreates) need_value "$@"; MAX_RECREATES=$2; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
     *) die "unknown option $(quote "$1") (see --help; config overrides go after --)" ;;
   esac

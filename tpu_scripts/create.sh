@@ -14,23 +14,17 @@ usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" ACCELERATOR="" RUNTIME="" SPOT=0 QUEUED=0 POLL_SECONDS=60
 while [[ $# -gt 0 ]]; do
+  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
     --accelerator) need_value "$@"; ACCELERATOR=$2; shift 2 ;;
     --runtime-version) need_value "$@"; RUNTIME=$2; shift 2 ;;
     --spot) SPOT=1; shift ;;
     --queued) QUEUED=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     *) die "unknown option $(quote "$1") (see --help)" ;;
   esac
 done
-require --name "$NAME"
-require --zone "$ZONE"
+require_slice
 require --accelerator "$ACCELERATOR"
-check_name --name "$NAME"
 parse_accelerator "$ACCELERATOR"
 RUNTIME=${RUNTIME:-$ACCEL_RUNTIME}
 location_flags

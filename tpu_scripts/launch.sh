@@ -18,26 +18,20 @@ usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" CONFIG="" WORKDIR="" DATA_DIR="" FOREGROUND=0 OVERRIDES=()
 while [[ $# -gt 0 ]]; do
+  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
     --config) need_value "$@"; CONFIG=$2; shift 2 ;;
     --workdir) need_value "$@"; WORKDIR=$2; shift 2 ;;
     --data-dir) need_value "$@"; DATA_DIR=$2; shift 2 ;;
     --foreground) FOREGROUND=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     --) shift; OVERRIDES=("$@"); break ;;
     *) die "unknown option $(quote "$1") (see --help; config overrides go after --)" ;;
   esac
 done
-require --name "$NAME"
-require --zone "$ZONE"
+require_slice
 require --config "$CONFIG"
 require --workdir "$WORKDIR"
 require --data-dir "$DATA_DIR"
-check_name --name "$NAME"
 check_config "$CONFIG"
 check_gcs --workdir "$WORKDIR"
 check_gcs --data-dir "$DATA_DIR"

@@ -63,6 +63,27 @@ require() {
   [[ -n "$value" ]] || die "missing required option $option (see --help)"
 }
 
+# The options every slice script takes: --name, --zone, --project, --dry-run and -h/--help (which
+# calls the script's `usage`). Sets SHIFT to the words it used, 0 when $1 is none of them; a script's
+# option loop starts with:  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
+common_option() {
+  SHIFT=0
+  case "$1" in
+    --name) need_value "$@"; NAME=$2; SHIFT=2 ;;
+    --zone) need_value "$@"; ZONE=$2; SHIFT=2 ;;
+    --project) need_value "$@"; PROJECT=$2; SHIFT=2 ;;
+    --dry-run) DRY_RUN=1; SHIFT=1 ;;
+    -h | --help) usage; exit 0 ;;
+  esac
+}
+
+# --name and --zone are given and the name is one gcloud accepts.
+require_slice() {
+  require --name "$NAME"
+  require --zone "$ZONE"
+  check_name --name "$NAME"
+}
+
 # Accelerator table. Sets ACCEL_FAMILY, ACCEL_TYPE (gcloud's name), ACCEL_RUNTIME (the default
 # software version, cloud.google.com/tpu/docs/runtimes), ACCEL_CHIPS and ACCEL_HOSTS.
 # v4 / v5p sizes count TensorCores (2 per chip, 4 chips per host); v5e / v6e sizes count chips

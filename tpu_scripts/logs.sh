@@ -15,22 +15,16 @@ usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" WORKER=0 COLLECT="" WORKDIR="" LINES=100
 while [[ $# -gt 0 ]]; do
+  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
     --worker) need_value "$@"; WORKER=$2; shift 2 ;;
     --lines) need_value "$@"; LINES=$2; shift 2 ;;
     --collect) need_value "$@"; COLLECT=$2; shift 2 ;;
     --workdir) need_value "$@"; WORKDIR=$2; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     *) die "unknown option $(quote "$1") (see --help)" ;;
   esac
 done
-require --name "$NAME"
-require --zone "$ZONE"
-check_name --name "$NAME"
+require_slice
 [[ "$WORKER" =~ ^([0-9]+|all)$ ]] || die "--worker $(quote "$WORKER"): a worker index (0, 1, ...) or all"
 [[ "$LINES" =~ ^[0-9]+$ ]] || die "--lines $(quote "$LINES"): a number"
 location_flags

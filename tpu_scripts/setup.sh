@@ -14,22 +14,16 @@ usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" GIT_REF="" REPO="" WHEEL="" JAX_VERSION=0.10.2
 while [[ $# -gt 0 ]]; do
+  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
     --git-ref) need_value "$@"; GIT_REF=$2; shift 2 ;;
     --repo) need_value "$@"; REPO=$2; shift 2 ;;
     --wheel) need_value "$@"; WHEEL=$2; shift 2 ;;
     --jax-version) need_value "$@"; JAX_VERSION=$2; shift 2 ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     *) die "unknown option $(quote "$1") (see --help)" ;;
   esac
 done
-require --name "$NAME"
-require --zone "$ZONE"
-check_name --name "$NAME"
+require_slice
 if [[ -n "$GIT_REF" && -n "$WHEEL" ]] || [[ -z "$GIT_REF" && -z "$WHEEL" ]]; then
   die "give exactly one of --git-ref REF or --wheel FILE"
 fi

@@ -12,19 +12,13 @@ usage() { sed -n '2,6s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" QUEUED=0
 while [[ $# -gt 0 ]]; do
+  common_option "$@"; if ((SHIFT)); then shift "$SHIFT"; continue; fi
   case "$1" in
-    --name) need_value "$@"; NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT=$2; shift 2 ;;
     --queued) QUEUED=1; shift ;;
-    --dry-run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
     *) die "unknown option $(quote "$1") (see --help)" ;;
   esac
 done
-require --name "$NAME"
-require --zone "$ZONE"
-check_name --name "$NAME"
+require_slice
 location_flags
 
 if [[ "$QUEUED" == 1 ]]; then
