@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from roformer_jax import corpus, tokenization
 
 ROOT = Path(__file__).resolve().parents[1]
 KILL = ROOT / "tests" / "multidevice" / "pretrain_kill.py"
@@ -20,14 +19,9 @@ N = 6  # checkpoint interval; runs are 2N steps
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(text_corpus):
   """A small real corpus (People's Daily lines) as a .txt folder, its char vocab, a shared cache."""
-  root = tmp_path_factory.mktemp("pretrain")
-  lines = [line for _, line in zip(range(600), corpus.people_daily_lines())]
-  (root / "corpus").mkdir()
-  (root / "corpus" / "news.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-  tokenization.write_vocab(tokenization.build_char_vocab(lines), root / "vocab.txt")
-  return root
+  return text_corpus("pretrain", 600)
 
 
 def _args(data, workdir, *extra):

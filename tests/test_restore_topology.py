@@ -14,20 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roformer_jax import corpus, tokenization
 
 ROOT = Path(__file__).resolve().parents[1]
 N = 4
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("topology")
-  lines = [line for _, line in zip(range(400), corpus.people_daily_lines())]
-  (root / "corpus").mkdir()
-  (root / "corpus" / "news.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-  tokenization.write_vocab(tokenization.build_char_vocab(lines), root / "vocab.txt")
-  return root
+def data(text_corpus):
+  return text_corpus("topology", 400)
 
 
 def _cmd(data, workdir, mesh, *extra):
