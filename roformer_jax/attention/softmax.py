@@ -28,10 +28,16 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Attentio
                         rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                         dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
   """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
-  keep = None
-  if not deterministic and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+  keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
   return _dense(q, k, v, mask.dense(), rope, keep, float(dropout_rate))
+
+
+def _keep_mask(q, k, rate, rng, deterministic) -> jax.Array | None:
+  """The dropout keep mask [B, H, Lq, Lk] (None when inactive); both entry points draw it here, so the
+  same key gives `softmax` and the reference the same mask."""
+  if deterministic or rate <= 0.0:
+    return None
+  return jax.random.bernoulli(rng, 1.0 - rate, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
 
 
 def _dense(q, k, v, visible, rope, keep, rate):
@@ -121,8 +127,5 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionM
                       rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                       dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
   """`reference_attention` with a hand-written backward; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
-  keep = None
-  if not deterministic and dropout_rate > 0.0:
-    # The reference's draw: same key, same shape, so the same mask.
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+  keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
   return _attend(q, k, v, mask.dense(), rope, keep, float(dropout_rate))
