@@ -257,6 +257,9 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
 
 def main(argv):
   del argv
+  if FLAGS.config.get("retain_host_memory", True):
+    from roformer_jax.train import hostmem
+    hostmem.reexec_with_retained_memory()  # first: glibc reads its tunables only at start-up
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   from roformer_jax.train.distributed import init_distributed

@@ -36,6 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.residual_warmup_steps = 0       # RoFormerV2 alpha 0 -> 1 over N steps (0 = off)
   c.profile_start = -1              # jax.profiler trace of steps [start, start + profile_steps) into
   c.profile_steps = 5               # <workdir>/profile (TensorBoard's profile tab); -1 = off
+  c.retain_host_memory = True       # glibc malloc keeps freed memory (roformer_jax.train.hostmem); the CLI
+                                    # re-executes itself once to set it. Matters for CPU runs.
 
   # Device mesh (-1 fills the remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

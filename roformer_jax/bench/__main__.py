@@ -1,6 +1,8 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, attention, aot, tokenizer. (The input-pipeline benchmark lives beside the
+Commands: forward, train, attention, aot, tokenizer. The process first re-executes itself with glibc malloc
+tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
+`--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
 print measured figures and are never run as tests.
 """
@@ -20,9 +22,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
-  if not argv or argv[0] not in COMMANDS:
-    sys.exit(f"usage: python -m roformer_jax.bench {{{','.join(COMMANDS)}}} [options]")
+  cli = argv is None
+  argv = sys.argv[1:] if cli else argv
+  mode = "retain"
+  if argv and argv[0].startswith("--malloc="):
+    mode, argv = argv[0].split("=", 1)[1], argv[1:]
+  if mode not in ("retain", "default") or not argv or argv[0] not in COMMANDS:
+    sys.exit(f"usage: python -m roformer_jax.bench [--malloc={{retain,default}}] {{{','.join(COMMANDS)}}} [options]")
+  if cli and mode == "retain":  # (a programmatic call leaves the process as it is)
+    from roformer_jax.train import hostmem
+    hostmem.reexec_with_retained_memory()
   importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
