@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from roformer_jax import rope as rope_lib
 from roformer_jax.attention import AttentionMask, register
+from roformer_jax.matmul import swap_minor, transpose_copy
 
 _MIN = float(jnp.finfo(jnp.float32).min)
 
@@ -60,7 +61,7 @@ def _to_heads(x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Arr
     sin, cos = (t[:, :, None, :] for t in rope)
     x1, x2 = x[..., 0::2].astype(jnp.float32), x[..., 1::2].astype(jnp.float32)
     x = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-  return x.transpose(0, 2, 1, 3)
+  return transpose_copy(x, (0, 2, 1, 3))  # (a plain transpose would fold into the matmuls: float32 there)
 
 
 def _from_heads(g: jax.Array, rope: tuple[jax.Array, jax.Array] | None, dtype, perm=(0, 2, 1, 3)) -> jax.Array:
@@ -85,7 +86,7 @@ def _attend(q, k, v, visible, rope, keep, rate):
 def _attend_fwd(q, k, v, visible, rope, keep, rate):
   scale = q.shape[-1] ** -0.5
   qh = _to_heads(q, rope) * jnp.asarray(scale, q.dtype)  # exact for d = 64 (a power of 2)
-  kh, vh = _to_heads(k, rope), v.transpose(0, 2, 1, 3)
+  kh, vh = _to_heads(k, rope), transpose_copy(v, (0, 2, 1, 3))
   # + bias (0 or the float32 minimum) rather than `where`: XLA:CPU re-evaluates a `where` in every
   # consumer of the softmax fusion. s + MIN rounds to MIN for any |s| < 1e31, as the reference's fill.
   s = jnp.einsum("bhld,bhmd->bhlm", qh, kh, preferred_element_type=jnp.float32)
@@ -101,11 +102,13 @@ def _attend_fwd(q, k, v, visible, rope, keep, rate):
 def _attend_bwd(rate, res, dout):
   qh, kh, vh, p, o, visible, rope, keep = res
   scale = qh.shape[-1] ** -0.5
-  do = dout.transpose(0, 2, 1, 3)
+  do = transpose_copy(dout, (0, 2, 1, 3))
   pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
-  # dV and dK contract over the query axis; written out as [B, H, D, L] they run ~1.4x faster on
-  # XLA:CPU than as [B, H, L, D], and both need a transpose to [B, L, H, D] anyway.
-  dv = jnp.einsum("bhlm,bhld->bhdm", pd.astype(do.dtype), do, preferred_element_type=jnp.float32)
+  # dV and dK contract over the query axis. They are written as dV^T = dO^T P and dK^T = Q^T dS, [B, H, D, L]
+  # (~1.4x faster on XLA:CPU than [B, H, L, D]; both need a transpose to [B, L, H, D] anyway), with dO^T and
+  # Q^T materialised (`swap_minor`) so every matmul contracts its left operand's minor axis: the form
+  # XLA:CPU's bf16 matmuls take (otherwise it converts the operands and multiplies in float32).
+  dv = jnp.einsum("bhdl,bhlm->bhdm", swap_minor(do), pd.astype(do.dtype), preferred_element_type=jnp.float32)
   dp = jnp.einsum("bhld,bhmd->bhlm", do, vh, preferred_element_type=jnp.float32)
   if keep is not None:
     dp = jnp.where(keep, dp * (1.0 / (1.0 - rate)), 0.0)
@@ -113,7 +116,7 @@ def _attend_bwd(rate, res, dout):
   ds = p * (dp - jnp.sum(do.astype(jnp.float32) * o, axis=-1, keepdims=True))
   ds = jnp.where(visible, ds, 0.0)  # masked scores get no gradient, as `where` gives the reference
   dqh = jnp.einsum("bhlm,bhmd->bhld", ds.astype(kh.dtype), kh, preferred_element_type=jnp.float32) * scale
-  dkh = jnp.einsum("bhlm,bhld->bhdm", ds.astype(qh.dtype), qh, preferred_element_type=jnp.float32)
+  dkh = jnp.einsum("bhdl,bhlm->bhdm", swap_minor(qh), ds.astype(qh.dtype), preferred_element_type=jnp.float32)
   dq, dk = _from_heads(dqh, rope, qh.dtype), _from_heads(dkh, rope, kh.dtype, perm=(0, 3, 1, 2))
   zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
   return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, zeros(rope), None

@@ -4,8 +4,11 @@
 
 `tokens_per_s` is the full step: forward, backward and optimiser update (AdamW for everyone).
 `mfu` is analytic model FLOPs (non-causal attention, gathered MLM head; roformer_jax.train.flops)
-over the step time and `peak_gflops`, an fp32 matmul measured in this same process. The peers
-compute the usual full-vocabulary MLM logits at every position; that is their normal usage.
+over the step time and `peak_gflops`, a matmul in the compute dtype (`--dtype`; bf16 operands
+accumulate in float32, as the model's do) measured in this same process. The peers compute the
+usual full-vocabulary MLM logits at every position; that is their normal usage. With
+`--dtype bfloat16` the PyTorch peers run under `torch.autocast("cpu", torch.bfloat16)`, their
+own mixed precision, so each side runs at its best in the same dtype.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def bench_ours(cfg, batch, seq, preds, repeats):
     return median_time(run, warmup=2, repeats=repeats)
 
 
-def _torch_step(model, batch, seq, preds, vocab, repeats):
+def _torch_step(model, batch, seq, preds, vocab, repeats, dtype="float32"):
   import torch
   b = _batch(type("C", (), {"vocab_size": vocab})(), batch, seq, preds)
   ids = torch.tensor(b["input_ids"], dtype=torch.long)
@@ -67,9 +70,14 @@ def _torch_step(model, batch, seq, preds, vocab, repeats):
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
   model.train()
 
+  # float32 master weights and optimiser either way; bfloat16 matmuls under autocast.
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
   def run():
     opt.zero_grad(set_to_none=True)
-    model(input_ids=ids, labels=labels).loss.backward()
+    with autocast:
+      loss = model(input_ids=ids, labels=labels).loss
+    loss.backward()
     opt.step()
 
   return median_time(run, warmup=2, repeats=repeats)
@@ -87,7 +95,7 @@ def bench_roformer_port(cfg, batch, seq, preds, repeats):
   torch.manual_seed(0)
   extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
   return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg), **extra)), batch, seq, preds,
-                     cfg.vocab_size, repeats)
+                     cfg.vocab_size, repeats, cfg.dtype)
 
 
 def bench_transformers(cfg, batch, seq, preds, repeats):
@@ -95,14 +103,15 @@ def bench_transformers(cfg, batch, seq, preds, repeats):
   from transformers import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
   return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg))), batch, seq, preds, cfg.vocab_size,
-                     repeats)
+                     repeats, cfg.dtype)
 
 
 def bench_transformers_flax(cfg, batch, seq, preds, repeats):
   import jax
   import optax
   from transformers import FlaxRoFormerForMaskedLM, RoFormerConfig
-  model = FlaxRoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg)), seed=0)
+  import jax.numpy as jnp
+  model = FlaxRoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg)), seed=0, dtype=jnp.dtype(cfg.dtype))
   b = _batch(cfg, batch, seq, preds)
   labels = np.full(b["input_ids"].shape, -100, np.int32)
   np.put_along_axis(labels, b["masked_positions"], b["masked_labels"], 1)
@@ -143,20 +152,24 @@ def main(argv=None) -> None:
   p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.15 * seq)")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--peers", default="", help="comma list of roformer,transformers,flax (default: none)")
-  p.add_argument("--dtype", default="float32")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype for everyone (params and optimiser stay float32)")
   a = p.parse_args(argv)
 
   import jax
+  import jax.numpy as jnp
   import roformer_jax as rj
   from roformer_jax.train import flops
 
   cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, dtype=a.dtype)
   preds = a.predictions or math.ceil(0.15 * a.seq)
-  peak = flops.measure_matmul_peak()
+  dtype = jnp.dtype(a.dtype)
+  peak = flops.measure_matmul_peak(dtype)
   t = bench_ours(cfg, a.batch, a.seq, preds, a.repeats)
-  peak = max(peak, flops.measure_matmul_peak())  # before and after: the higher (conservative MFU)
+  peak = max(peak, flops.measure_matmul_peak(dtype))  # before and after: the higher (conservative MFU)
   tokens = a.batch * a.seq
-  result = {"impl": "roformer_jax", "preset": a.preset, "seq": a.seq, "batch": a.batch, "predictions": preds,
+  result = {"impl": "roformer_jax", "preset": a.preset, "dtype": a.dtype, "seq": a.seq, "batch": a.batch,
+            "predictions": preds,
             "tokens_per_s": round(tokens / t, 1), "step_ms": round(1e3 * t, 2),
             "mfu": round(flops.train_flops(cfg, a.batch, a.seq, preds) / t / peak, 4),
             "peak_gflops": round(peak / 1e9, 1), "machine": machine(), "date": today(), "jax": jax.__version__}
