@@ -23,14 +23,20 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, min
 
 
 def machine() -> str:
+  """'<model name> (family F model M[, avx512_bf16]), N cores'. A VM's model name ('AMD EPYC') can hide the
+  generation, and the generation decides the matmul peak (Zen 4 runs AVX-512 at half Zen 5's width)."""
   cpu = platform.processor() or platform.machine()
+  info: dict[str, str] = {}
   try:
     for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        cpu = line.split(":", 1)[1].strip()
-        break
+      key, _, value = line.partition(":")
+      info.setdefault(key.strip(), value.strip())
   except OSError:
     pass
+  cpu = info.get("model name", cpu)
+  if "cpu family" in info:
+    bf16 = ", avx512_bf16" if "avx512_bf16" in info.get("flags", "").split() else ""
+    cpu += f" (family {info['cpu family']} model {info.get('model', '?')}{bf16})"
   return f"{cpu}, {os.cpu_count()} cores"
 
 
