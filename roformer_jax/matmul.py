@@ -28,12 +28,13 @@ def _dot(a: jax.Array, b: jax.Array, contract_b: int) -> jax.Array:
 
 
 def transpose_copy(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
-  """`jnp.transpose(x, perm)` as a real copy that a consuming matmul takes in its standard form.
+  """`jnp.transpose(x, perm)`, on CPU as a real copy that a consuming matmul takes in its standard form.
 
   XLA:CPU's fast bf16 matmuls want the left operand contracted over its minor axis (and the batch axes
   leading); its simplifier would fold a plain transpose back into the matmul's dimension numbers, and XLA
   would then convert both operands and multiply in float32. A transpose written through a split of one
-  of the axes it moves ([.., M, ..] -> [.., M1, M2, ..]) stays a copy.
+  of the axes it moves ([.., M, ..] -> [.., M1, M2, ..]) stays a copy. Other platforms get the plain
+  transpose, which their compilers fold into the matmul for free.
   """
   perm = tuple(int(p) for p in perm)
   for axis in range(x.ndim):
@@ -43,10 +44,14 @@ def transpose_copy(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
       break
   else:  # (no moved axis can be split: a plain transpose, correct but possibly folded)
     return jnp.transpose(x, perm)
-  split = x.reshape(x.shape[:axis] + (f, n // f) + x.shape[axis + 1:])
-  new = [(i,) if i < axis else (axis, axis + 1) if i == axis else (i + 1,) for i in range(x.ndim)]
-  out = jnp.transpose(split, tuple(j for p in perm for j in new[p]))
-  return out.reshape(tuple(x.shape[p] for p in perm))
+
+  def split_copy(x):
+    split = x.reshape(x.shape[:axis] + (f, n // f) + x.shape[axis + 1:])
+    new = [(i,) if i < axis else (axis, axis + 1) if i == axis else (i + 1,) for i in range(x.ndim)]
+    out = jnp.transpose(split, tuple(j for p in perm for j in new[p]))
+    return out.reshape(tuple(x.shape[p] for p in perm))
+
+  return lax.platform_dependent(x, cpu=split_copy, default=lambda x: jnp.transpose(x, perm))
 
 
 def swap_minor(x: jax.Array) -> jax.Array:

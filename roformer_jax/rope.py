@@ -23,14 +23,16 @@ def rope_angles(positions: jax.Array, dim: int, base: float = 10000.0) -> tuple[
 
 
 def _materialised(t: jax.Array) -> jax.Array:
-  """t, computed once. XLA fuses an elementwise producer into each consumer, so every rotation would
+  """t, computed once. XLA:CPU fuses an elementwise producer into each consumer, so every rotation would
   recompute sin and cos for every head and element (measured: 3 rotations of [8, 128, 6, 64] take 3.8 ms
-  that way, 0.7 ms this way, on XLA:CPU); optimisation barriers do not survive its pipeline. A product
-  with the identity is a matmul, which ends the fusion, and is exact: one nonzero term per output,
-  multiplied by 1 (HIGHEST precision, so no TPU/GPU reduced-precision pass rounds it)."""
-  flat = t.reshape(-1, t.shape[-1])
-  eye = jnp.eye(t.shape[-1], dtype=t.dtype)
-  return jnp.dot(flat, eye, precision=jax.lax.Precision.HIGHEST).reshape(t.shape)
+  that way, 0.7 ms this way); optimisation barriers do not survive its pipeline. A product with the
+  identity is a matmul, which ends the fusion, and is exact: one nonzero term per output, times 1.
+  Other platforms' compilers do not duplicate transcendental producers, and get t as it is."""
+  def identity_product(t):
+    flat = t.reshape(-1, t.shape[-1])
+    eye = jnp.eye(t.shape[-1], dtype=t.dtype)
+    return jnp.dot(flat, eye, precision=jax.lax.Precision.HIGHEST).reshape(t.shape)
+  return jax.lax.platform_dependent(t, cpu=identity_product, default=lambda t: t)
 
 
 def apply_rope(x: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:

@@ -123,3 +123,15 @@ def test_bfloat16_softmax_attention_backward_keeps_its_matmuls_in_bf16_form():
   dots = _dots(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
   # 2 forward + 4 backward batched matmuls, each in the fast form.
   assert dots == [(("bf16", "bf16"), True)] * 6, dots
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_accelerators_get_the_plain_transpose_and_tables(platform):
+  """The CPU workarounds are staged per platform: a TPU or GPU lowering has no split copy and no identity
+  product (their compilers fold transposes into matmuls and do not duplicate sin/cos)."""
+  lower = lambda f, *args: jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+  x = jnp.ones((1024, 384), jnp.bfloat16)
+  assert "x128x384" in jax.jit(swap_minor).trace(x).lower(lowering_platforms=("cpu",)).as_text()
+  assert "x128x384" not in lower(swap_minor, x) and "transpose" in lower(swap_minor, x)
+  positions = rope.default_positions(2, 16)
+  assert "dot_general" not in lower(lambda p: rope.rope_angles(p, 64), positions)
