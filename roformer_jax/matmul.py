@@ -7,7 +7,8 @@ dtype inside. Why it owns its VJP:
   * XLA:CPU's fast (YNN) bf16 matmul takes a left operand contracted over its minor axis only. The weight
     gradient x^T g contracts x over its major axis, so XLA would convert both operands to float32 and run a
     float32 matmul at half the bf16 speed. Here x^T is materialised first (`swap_minor`).
-On a 2-core Zen 4 this takes a bf16 FFN forward + backward from 170 to ~300 GFLOP/s (docs/BENCHMARKS.md).
+On a 2-core Zen 4 this takes a bf16 FFN forward + backward from 170 to ~380 GFLOP/s (docs/BENCHMARKS.md).
+The transposes are staged per platform: TPU and GPU compilers get plain ones, which they fold for free.
 """
 
 from __future__ import annotations

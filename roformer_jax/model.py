@@ -17,9 +17,9 @@ import jax.numpy as jnp
 
 from roformer_jax import attention as attention_lib
 from roformer_jax import mixers
-from roformer_jax.matmul import matmul
 from roformer_jax import rope as rope_lib
 from roformer_jax.config import ModelConfig
+from roformer_jax.matmul import matmul
 
 Array = jax.Array
 
