@@ -14,7 +14,6 @@ The transposes are staged per platform: TPU and GPU compilers get plain ones, wh
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp

@@ -13,12 +13,6 @@ from roformer_jax import rope
 from roformer_jax.matmul import matmul, swap_minor, transpose_copy
 
 
-def _inputs(x_shape, w_shape, seed=0):
-  rng = np.random.RandomState(seed)
-  return (jnp.asarray(rng.randn(*x_shape), jnp.float32), jnp.asarray(rng.randn(*w_shape) * 0.1, jnp.float32),
-          jnp.asarray(rng.randn(*x_shape[:-1], w_shape[0] if len(w_shape) == 2 else 1), jnp.float32))
-
-
 @pytest.mark.parametrize("w_transposed", [False, True])
 @pytest.mark.parametrize("x_shape", [(4, 24, 16), (1, 7, 16), (96, 16), (2, 3, 5, 16)])
 def test_float32_matches_autodiff_of_the_plain_product(x_shape, w_transposed):
