@@ -106,14 +106,23 @@ def _activation(cfg: ModelConfig, x: Array) -> Array:
 
 
 class SelfAttention(nn.Module):
+  """Multi-head self-attention; with `query_positions` [B, P], only those positions' outputs
+  ([B, P, hidden]): queries there, keys and values everywhere."""
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
-               deterministic: bool) -> Array:
+               deterministic: bool, query_positions: Array | None = None) -> Array:
     cfg = self.cfg
     heads = (cfg.num_heads, cfg.head_size)
-    q = Dense(cfg, heads, ("embed", "heads", "kv"), name="query")(x)
+    options = dict(cfg.attention_options)
+    xq = x
+    if query_positions is not None:
+      xq = gather_positions(x, query_positions)
+      options["query_rope"] = tuple(gather_positions(t, query_positions) for t in rope)
+      if mask.segment_ids is not None:
+        mask = mask.replace(query_segment_ids=gather_positions(mask.segment_ids, query_positions))
+    q = Dense(cfg, heads, ("embed", "heads", "kv"), name="query")(xq)
     k = Dense(cfg, heads, ("embed", "heads", "kv"), name="key")(x)
     v = Dense(cfg, heads, ("embed", "heads", "kv"), name="value")(x)
     q, k, v = (_constrain(t, ("batch", "length", "heads", "kv")) for t in (q, k, v))
@@ -124,7 +133,7 @@ class SelfAttention(nn.Module):
     if not deterministic and cfg.attention_dropout > 0:
       dropout_rng = self.make_rng("dropout")
     out = attend(q, k, v, mask, rope=rope, dropout_rate=cfg.attention_dropout, dropout_rng=dropout_rng,
-                 deterministic=deterministic, **dict(cfg.attention_options))
+                 deterministic=deterministic, **options)
     out = _constrain(out, ("batch", "length", "heads", "kv"))
     return Dense(cfg, (cfg.hidden_size,), ("heads", "kv", "embed"), in_axes=2, name="output")(out)
 
@@ -146,26 +155,44 @@ class EncoderLayer(nn.Module):
   `Mix` is self-attention (any attention function) or a registered token mixer; a registered
   block (GAU) replaces both halves. `residual_scale` (a) is the RoFormerV2 recipe's warm-up
   factor, 1 at inference. With `scanned`, returns (x, None) as nn.scan wants.
+
+  With `output_positions` [B, P] it returns only those rows, [B, P, hidden]. Everything after the
+  keys and values is row-wise, so for a query-subset attention (`prunes_last_layer`) the queries,
+  the output projection, the FFN and the norms run at those P rows only: the same values, at
+  ~P/L of the layer's cost. Other variants run the full layer and gather.
   """
   cfg: ModelConfig
   scanned: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
-               deterministic: bool, residual_scale: Array | float = 1.0):
+               deterministic: bool, residual_scale: Array | float = 1.0, output_positions: Array | None = None):
     cfg = self.cfg
+    pruned = output_positions is not None and prunes_last_layer(cfg)
     if cfg.attention in mixers.BLOCKS:
       x = mixers.BLOCKS[cfg.attention](cfg, name="block")(x, mask, rope, deterministic, residual_scale)
     else:
       drop = nn.Dropout(cfg.hidden_dropout, deterministic=deterministic)
-      mixer = mixers.TOKEN_MIXERS.get(cfg.attention, SelfAttention)
-      a = mixer(cfg, name="attention")(x, mask, rope, deterministic)
+      if pruned:
+        a = SelfAttention(cfg, name="attention")(x, mask, rope, deterministic, output_positions)
+        x = gather_positions(x, output_positions)
+      else:
+        mixer = mixers.TOKEN_MIXERS.get(cfg.attention, SelfAttention)
+        a = mixer(cfg, name="attention")(x, mask, rope, deterministic)
       x = Norm(cfg, cfg.hidden_size, name="attention_norm")(x + residual_scale * drop(a))
       x = _constrain(x, ("batch", "length", "embed"))
       f = FeedForward(cfg, name="ffn")(x)
       x = Norm(cfg, cfg.hidden_size, name="ffn_norm")(x + residual_scale * drop(f))
+    if output_positions is not None and not pruned:
+      x = gather_positions(x, output_positions)
     x = _constrain(x, ("batch", "length", "embed"))
     return (x, None) if self.scanned else x
+
+
+def prunes_last_layer(cfg: ModelConfig) -> bool:
+  """Whether the last layer computes only the requested output rows (see `EncoderLayer`)."""
+  return (cfg.attention not in mixers.BLOCKS and cfg.attention not in mixers.TOKEN_MIXERS
+          and attention_lib.supports_query_subset(cfg.attention))
 
 
 _REMAT_POLICIES = {
@@ -174,14 +201,15 @@ _REMAT_POLICIES = {
 }
 
 
-def _layer_class(cfg: ModelConfig):
+def _layer_class(cfg: ModelConfig, scan_length: int | None = None):
+  """The layer class as configured: remat'd, and scanned over `scan_length` layers (None: not scanned)."""
   cls = EncoderLayer
   if cfg.remat != "none":
     # argnum 4 (self=0, x, mask, rope, deterministic) is a Python bool: static for remat.
     cls = nn.remat(cls, static_argnums=(4,), policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
-  if cfg.scan_layers:
+  if scan_length is not None:
     cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                  in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+                  in_axes=(nn.broadcast,) * 4, length=scan_length,
                   metadata_params={nn.PARTITION_NAME: "layers"})
   return cls
 
@@ -235,12 +263,14 @@ class RoFormerModel(nn.Module):
     position_ids: [B, L] or [L] explicit RoPE positions; 0..L-1 if None.
     segment_ids: [B, L] packed-document ids; attention never crosses documents when given.
     residual_scale: the RoFormerV2 residual warm-up factor alpha (1 = plain post-norm).
+    output_positions: [B, P]; if given, only the hidden states there, [B, P, hidden]. The last
+      layer then runs its queries, FFN and norms at those rows only (see `EncoderLayer`).
   """
   cfg: ModelConfig
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    layer = _layer_class(self.cfg)
+    layer = _layer_class(self.cfg, self.cfg.num_layers if self.cfg.scan_layers else None)
     if self.cfg.scan_layers:
       self.layers = layer(self.cfg, scanned=True, name="layers")
     else:
@@ -248,7 +278,8 @@ class RoFormerModel(nn.Module):
 
   def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
                *, position_ids: Array | None = None, segment_ids: Array | None = None,
-               deterministic: bool = True, residual_scale: Array | float = 1.0) -> Array:
+               deterministic: bool = True, residual_scale: Array | float = 1.0,
+               output_positions: Array | None = None) -> Array:
     cfg = self.cfg
     batch, length = input_ids.shape
     if token_type_ids is None:
@@ -259,12 +290,32 @@ class RoFormerModel(nn.Module):
     position_ids = jnp.broadcast_to(position_ids, (batch, length))
     rope = rope_lib.rope_angles(position_ids, cfg.head_size, cfg.rope_base)
     x = self.embeddings(input_ids, token_type_ids, deterministic)
-    if self.cfg.scan_layers:
-      x, _ = self.layers(x, mask, rope, deterministic, residual_scale)
-    else:
-      for layer in self.layers:
+    if not cfg.scan_layers:
+      for layer in self.layers[:-1]:
         x = layer(x, mask, rope, deterministic, residual_scale)
-    return x
+      return self.layers[-1](x, mask, rope, deterministic, residual_scale, output_positions)
+    if (output_positions is None or self.is_initializing() or cfg.num_layers == 1
+        or not prunes_last_layer(cfg)):
+      x, _ = self.layers(x, mask, rope, deterministic, residual_scale)
+      return x if output_positions is None else gather_positions(x, output_positions)
+    return self._scanned_then_last(x, mask, rope, deterministic, residual_scale, output_positions)
+
+  def _scanned_then_last(self, x, mask, rope, deterministic, residual_scale, output_positions):
+    # The scan runs one body for every layer, so the pruned last layer is applied on its own: the
+    # stacked params are split (the first L - 1 scanned, the last alone) at apply time, and the param
+    # tree and checkpoints keep the one scanned layout.
+    cfg = self.cfg
+    stacked = self.layers.variables["params"]
+    first = jax.tree_util.tree_map(lambda p: p[:-1], stacked)
+    last = jax.tree_util.tree_map(lambda p: p[-1], stacked)
+    rngs = {}
+    if not deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
+      rngs = {"dropout": self.make_rng("dropout")}
+    rngs_last = {k: jax.random.fold_in(v, cfg.num_layers - 1) for k, v in rngs.items()}
+    scanned = _layer_class(cfg, cfg.num_layers - 1)(cfg, scanned=True, parent=None)
+    x, _ = scanned.apply({"params": first}, x, mask, rope, deterministic, residual_scale, rngs=rngs)
+    return _layer_class(cfg)(cfg, parent=None).apply({"params": last}, x, mask, rope, deterministic,
+                                                    residual_scale, output_positions, rngs=rngs_last)
 
 
 def gather_positions(x: Array, positions: Array) -> Array:
@@ -305,10 +356,10 @@ class RoFormerForMaskedLM(nn.Module):
                *, masked_positions: Array | None = None, position_ids: Array | None = None,
                segment_ids: Array | None = None, deterministic: bool = True,
                residual_scale: Array | float = 1.0) -> Array:
+    # At `masked_positions` the encoder's last layer runs only at those rows (exact, ~P/L of its cost).
     h = self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
-                      segment_ids=segment_ids, deterministic=deterministic, residual_scale=residual_scale)
-    if masked_positions is not None:
-      h = gather_positions(h, masked_positions)
+                      segment_ids=segment_ids, deterministic=deterministic, residual_scale=residual_scale,
+                      output_positions=masked_positions)
     logits = self.mlm(h, self.roformer.embeddings)
     return _constrain(logits, ("batch", "length", "vocab"))
 

@@ -209,3 +209,31 @@ def test_pallas_kernel_lowers_for_triton_and_mosaic(platform, target, monkeypatc
                            disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(x, x, x, *masks)
   text = exported.mlir_module()
   assert text.count(f"@{target}" if platform == "gpu" else target) >= 3  # fwd, dkv, dq
+
+
+@pytest.mark.parametrize("name", sorted(n for n in attn.available() if attn.supports_query_subset(n)))
+def test_query_subset_matches_all_queries_then_gather(name):
+  # Queries at P of the L positions (their own RoPE tables and segment ids) give those rows of the
+  # all-positions output, and the same gradients: what the encoder's pruned last layer relies on.
+  q, k, v, key_mask, rope = _inputs(seed=7)
+  mask = _masks(key_mask)["packed"]
+  pos = jnp.asarray([[0, 3, 14, 15, 30], [1, 2, 22, 23, 36]])  # both documents, row 1's padding too
+  take = lambda t: jnp.take_along_axis(t, pos.reshape(pos.shape + (1,) * (t.ndim - 2)), axis=1)
+  sub_mask = mask.replace(query_segment_ids=take(mask.segment_ids))
+  sub_rope = tuple(take(t) for t in rope)
+  weights = jnp.cos(jnp.arange(D, dtype=jnp.float32))
+  fn = attn.get_attention(name)
+
+  def full(q, k, v):
+    return jnp.sum(take(reference_attention(q, k, v, mask, rope=rope)) * weights)
+
+  def sub(qs, k, v):
+    return jnp.sum(fn(qs, k, v, sub_mask, rope=rope, query_rope=sub_rope) * weights)
+
+  got = fn(take(q), k, v, sub_mask, rope=rope, query_rope=sub_rope)
+  np.testing.assert_allclose(got, take(reference_attention(q, k, v, mask, rope=rope)), atol=2e-6, rtol=1e-5)
+  dq, dk, dv = jax.grad(full, (0, 1, 2))(q, k, v)
+  gq, gk, gv = jax.grad(sub, (0, 1, 2))(take(q), k, v)
+  np.testing.assert_allclose(gq, take(dq), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(gk, dk, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(gv, dv, atol=1e-5, rtol=1e-5)

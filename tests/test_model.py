@@ -141,6 +141,33 @@ def test_scan_and_remat_match_the_loop_forward_and_grad():
   assert axes["roformer"]["layers"]["attention"]["query"]["kernel"] == jax.sharding.PartitionSpec("layers", "embed", "heads", "kv")
 
 
+@pytest.mark.parametrize("changes", [dict(version="v1"), dict(), dict(scan_layers=True, remat="dots"),
+                                     dict(attention="dot_product"), dict(attention="blockwise")])
+def test_gathered_output_equals_full_output_then_gather(changes):
+  # With masked positions the last layer runs at those rows only (or, for variants without query
+  # subsets, runs in full and gathers): the logits and every parameter gradient must be unchanged.
+  from roformer_jax.model import gather_positions, prunes_last_layer
+  cfg, model, params = _tiny(hidden_dropout=0.0, attention_dropout=0.0, **changes)
+  assert prunes_last_layer(cfg) == (cfg.attention != "blockwise")
+  rng = np.random.RandomState(6)
+  ids = jnp.asarray(rng.randint(1, 500, size=(2, 20)))
+  segments = jnp.asarray([[1] * 12 + [2] * 8, [1] * 15 + [0] * 5])
+  pos = jnp.asarray([[0, 4, 11, 12, 19, 0], [2, 3, 14, 16, 0, 0]])  # unused slots repeat position 0
+  weights = jnp.cos(jnp.arange(500, dtype=jnp.float32))
+
+  def logits(p, positions):
+    return model.apply({"params": p}, ids, None, segments > 0, segment_ids=segments,
+                       masked_positions=positions)
+
+  gathered = lambda p: logits(p, pos)
+  full = lambda p: gather_positions(logits(p, None), pos)
+  np.testing.assert_allclose(gathered(params), full(params), atol=2e-6, rtol=1e-5)
+  got = jax.grad(lambda p: jnp.sum(gathered(p) * weights))(params)
+  want = jax.grad(lambda p: jnp.sum(full(p) * weights))(params)
+  for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
 def test_padding_does_not_change_real_tokens():
   cfg, model, params = _tiny()
   ids = np.random.RandomState(2).randint(1, 500, size=(1, 10))
@@ -185,3 +212,21 @@ def test_dropout_is_active_only_when_not_deterministic():
   b = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
   c = model.apply({"params": params}, ids)
   assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "blockwise"])
+def test_flop_count_matches_xla_cost_analysis(attention):
+  # The MFU numerator counts what the step computes: with masked positions the pruned last layer
+  # (softmax) or the full one (blockwise). XLA's own count adds elementwise work, a fraction of a percent.
+  from roformer_jax.train import flops
+  cfg = rj.get_config("tiny", num_layers=3, hidden_size=256, num_heads=4, intermediate_size=1024, vocab_size=3000,
+                      attention=attention, hidden_dropout=0.0, attention_dropout=0.0)
+  model = rj.RoFormerForMaskedLM(cfg)
+  params = rj.init_params(model, jax.random.PRNGKey(0))
+  batch, seq, preds = 2, 64, 10
+  ids = jnp.ones((batch, seq), jnp.int32)
+  pos = jnp.tile(jnp.arange(preds)[None] * 3, (batch, 1))
+  cost = jax.jit(lambda p: model.apply({"params": p}, ids, masked_positions=pos)).lower(params).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  ratio = cost["flops"] / flops.forward_flops(cfg, batch, seq, preds)
+  assert 1.0 <= ratio < 1.02, ratio

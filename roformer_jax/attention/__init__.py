@@ -4,6 +4,10 @@ q, k, v are [batch, length, heads, head_dim] *before* RoPE, so a fused kernel ca
 inside itself; the plain variants call `roformer_jax.rope.apply_rope` first. The mask is
 kept compact (key padding + optional packed-segment ids) so O(n)-memory variants never
 build an n x n mask. Variants register by name and are chosen by `ModelConfig.attention`.
+
+Variants registered with `query_subset=True` also take queries at a subset of the positions
+(q: [B, P, H, D] with `query_rope` tables and `mask.query_segment_ids` of those positions; k, v
+at all L). The encoder's last layer uses it when only some outputs are needed (the MLM head).
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class AttentionMask:
-  """key_mask [B, Lk] bool (True = attend); segment_ids [B, L] int or None (packed documents)."""
+  """key_mask [B, Lk] bool (True = attend); segment_ids [B, L] int or None (packed documents);
+  query_segment_ids [B, Lq], the queries' own ids when they are a subset of the positions."""
 
   key_mask: jax.Array
   segment_ids: jax.Array | None = None
+  query_segment_ids: jax.Array | None = None
 
   def dense(self) -> jax.Array:
     """[B, 1, Lq, Lk] bool; only for variants that materialise scores anyway."""
     mask = self.key_mask[:, None, None, :]
     if self.segment_ids is not None:
-      same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+      q_ids = self.segment_ids if self.query_segment_ids is None else self.query_segment_ids
+      same = q_ids[:, :, None] == self.segment_ids[:, None, :]
       mask = mask & same[:, None]
     return mask
 
@@ -40,13 +47,21 @@ class AttentionFn(Protocol):
 
 
 _REGISTRY: dict[str, Callable[..., jax.Array]] = {}
+_QUERY_SUBSET: set[str] = set()
 
 
-def register(name: str):
+def register(name: str, *, query_subset: bool = False):
+  """Registers an attention function; `query_subset`: it accepts queries at a subset of the positions."""
   def wrap(fn):
     _REGISTRY[name] = fn
+    if query_subset:
+      _QUERY_SUBSET.add(name)
     return fn
   return wrap
+
+
+def supports_query_subset(name: str) -> bool:
+  return name in _QUERY_SUBSET
 
 
 def get_attention(name: str) -> AttentionFn:

@@ -16,12 +16,15 @@ from roformer_jax.attention import AttentionMask, register
 IMPLEMENTATIONS = (None, "xla", "cudnn")
 
 
-@register("dot_product")
+@register("dot_product", query_subset=True)
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                           rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                           dropout_rng: jax.Array | None = None, deterministic: bool = True,
-                          implementation: str | None = None) -> jax.Array:
-  """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v via jax.nn; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
+                          implementation: str | None = None,
+                          query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v via jax.nn; q, k, v: [B, L, H, D] -> [B, L, H, D].
+
+  `query_rope`: q's own tables when q holds a subset of the positions (default: `rope`)."""
   del dropout_rng
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"ModelConfig.attention_options implementation={implementation!r}: "
@@ -31,7 +34,7 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Attent
     raise ValueError(f"attention='dot_product' has no attention dropout; set ModelConfig.attention_dropout=0 "
                      f"(got {dropout_rate}) or use attention='blockwise'/'softmax'")
   if rope is not None:
-    q, k = rope_lib.apply_rope(q, *rope), rope_lib.apply_rope(k, *rope)
+    q, k = rope_lib.apply_rope(q, *(query_rope or rope)), rope_lib.apply_rope(k, *rope)
   if implementation == "cudnn":
     if mask.segment_ids is not None:
       raise ValueError("attention='dot_product' with implementation='cudnn' cannot take packed segment_ids; "

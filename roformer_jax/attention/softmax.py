@@ -27,10 +27,19 @@ _MIN = float(jnp.finfo(jnp.float32).min)
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                         rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
-                        dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-  """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
+                        dropout_rng: jax.Array | None = None, deterministic: bool = True,
+                        query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """softmax(rope(q) rope(k)^T / sqrt(d) + mask) v; q, k, v: [B, L, H, D] -> [B, L, H, D].
+
+  q may hold a subset of the positions ([B, P, H, D]): `query_rope` (default `rope`) and
+  `mask.query_segment_ids` are then those positions' own."""
   keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
-  return _dense(q, k, v, mask.dense(), rope, keep, float(dropout_rate))
+  return _dense(q, k, v, mask.dense(), _ropes(rope, query_rope), keep, float(dropout_rate))
+
+
+def _ropes(rope, query_rope):
+  """(q's tables, k's tables), or None without RoPE."""
+  return None if rope is None else (query_rope or rope, rope)
 
 
 def _keep_mask(q, k, rate, rng, deterministic) -> jax.Array | None:
@@ -41,9 +50,9 @@ def _keep_mask(q, k, rate, rng, deterministic) -> jax.Array | None:
   return jax.random.bernoulli(rng, 1.0 - rate, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
 
 
-def _dense(q, k, v, visible, rope, keep, rate):
-  if rope is not None:
-    q, k = rope_lib.apply_rope(q, *rope), rope_lib.apply_rope(k, *rope)
+def _dense(q, k, v, visible, ropes, keep, rate):
+  if ropes is not None:
+    q, k = rope_lib.apply_rope(q, *ropes[0]), rope_lib.apply_rope(k, *ropes[1])
   scale = q.shape[-1] ** -0.5
   # Scores accumulate and softmax in float32 whatever the compute dtype.
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -77,16 +86,17 @@ def _from_heads(g: jax.Array, rope: tuple[jax.Array, jax.Array] | None, dtype, p
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _attend(q, k, v, visible, rope, keep, rate):
+def _attend(q, k, v, visible, ropes, keep, rate):
   # Not differentiated (inference, evaluation): the reference's own forward, which XLA:CPU runs up to
   # ~20% faster than `_attend_fwd`'s (whose layout serves the backward).
-  return _dense(q, k, v, visible, rope, keep, rate)
+  return _dense(q, k, v, visible, ropes, keep, rate)
 
 
-def _attend_fwd(q, k, v, visible, rope, keep, rate):
+def _attend_fwd(q, k, v, visible, ropes, keep, rate):
   scale = q.shape[-1] ** -0.5
-  qh = _to_heads(q, rope) * jnp.asarray(scale, q.dtype)  # exact for d = 64 (a power of 2)
-  kh, vh = _to_heads(k, rope), transpose_copy(v, (0, 2, 1, 3))
+  q_rope, k_rope = (None, None) if ropes is None else ropes
+  qh = _to_heads(q, q_rope) * jnp.asarray(scale, q.dtype)  # exact for d = 64 (a power of 2)
+  kh, vh = _to_heads(k, k_rope), transpose_copy(v, (0, 2, 1, 3))
   # + bias (0 or the float32 minimum) rather than `where`: XLA:CPU re-evaluates a `where` in every
   # consumer of the softmax fusion. s + MIN rounds to MIN for any |s| < 1e31, as the reference's fill.
   s = jnp.einsum("bhld,bhmd->bhlm", qh, kh, preferred_element_type=jnp.float32)
@@ -96,11 +106,12 @@ def _attend_fwd(q, k, v, visible, rope, keep, rate):
   pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
   o = jnp.einsum("bhlm,bhmd->bhld", pd.astype(v.dtype), vh, preferred_element_type=jnp.float32)
   out = o.astype(v.dtype).transpose(0, 2, 1, 3)
-  return out, (qh, kh, vh, p, o, visible, rope, keep)
+  return out, (qh, kh, vh, p, o, visible, ropes, keep)
 
 
 def _attend_bwd(rate, res, dout):
-  qh, kh, vh, p, o, visible, rope, keep = res
+  qh, kh, vh, p, o, visible, ropes, keep = res
+  q_rope, k_rope = (None, None) if ropes is None else ropes
   scale = qh.shape[-1] ** -0.5
   do = transpose_copy(dout, (0, 2, 1, 3))
   pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
@@ -117,18 +128,20 @@ def _attend_bwd(rate, res, dout):
   ds = jnp.where(visible, ds, 0.0)  # masked scores get no gradient, as `where` gives the reference
   dqh = jnp.einsum("bhlm,bhmd->bhld", ds.astype(kh.dtype), kh, preferred_element_type=jnp.float32) * scale
   dkh = jnp.einsum("bhdl,bhlm->bhdm", swap_minor(qh), ds.astype(qh.dtype), preferred_element_type=jnp.float32)
-  dq, dk = _from_heads(dqh, rope, qh.dtype), _from_heads(dkh, rope, kh.dtype, perm=(0, 3, 1, 2))
+  dq, dk = _from_heads(dqh, q_rope, qh.dtype), _from_heads(dkh, k_rope, kh.dtype, perm=(0, 3, 1, 2))
   zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
-  return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, zeros(rope), None
+  return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, zeros(ropes), None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
-@register("softmax")
+@register("softmax", query_subset=True)
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                       rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
-                      dropout_rng: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
-  """`reference_attention` with a hand-written backward; q, k, v: [B, L, H, D] -> [B, L, H, D]."""
+                      dropout_rng: jax.Array | None = None, deterministic: bool = True,
+                      query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """`reference_attention` with a hand-written backward; q, k, v: [B, L, H, D] -> [B, L, H, D]
+  (q may be a subset of the positions, as there)."""
   keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
-  return _attend(q, k, v, mask.dense(), rope, keep, float(dropout_rate))
+  return _attend(q, k, v, mask.dense(), _ropes(rope, query_rope), keep, float(dropout_rate))

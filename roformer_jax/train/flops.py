@@ -1,7 +1,7 @@
 """Analytic model FLOPs (jax-anchors.md §5, MaxText's conventions) and the peak they are divided by.
 
-Bidirectional attention is counted in full (no causal halving) and the MLM head only at the
-gathered positions, since that is all the step computes.
+Bidirectional attention is counted in full (no causal halving), and the MLM head and the
+encoder's last layer only at the gathered positions, since that is all the step computes.
 """
 
 from __future__ import annotations
@@ -19,19 +19,28 @@ PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5
              "NVIDIA A100": 312e12}
 
 
-def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None = None) -> float:
-  """Matmul FLOPs of one forward pass; `predictions` per sequence for the gathered head (None = all)."""
+def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | None = None) -> float:
+  """Matmul FLOPs of one forward pass; `predictions` per sequence for the gathered head (None = all).
+
+  With `predictions`, the last layer is counted as the model runs it: for a query-subset attention
+  (`model.prunes_last_layer`) its queries, output projection and FFN at the predicted rows only.
+  """
   d, ff, heads_dim = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_size
-  tokens = batch * seq
-  per_layer = (2 * tokens * d * 3 * heads_dim     # q, k, v
-               + 2 * tokens * heads_dim * d       # output projection
-               + 4 * batch * seq * seq * heads_dim  # q k^T and p v, not halved: bidirectional
-               + 2 * tokens * d * ff * 2)         # FFN, two matrices
-  p = batch * (seq if predictions is None else predictions)
-  head = 2 * p * cfg.embed_size * cfg.vocab_size
+
+  def layer(queries: float) -> float:  # one layer with `queries` output rows per sequence
+    return batch * (2 * seq * d * 2 * heads_dim        # k, v at every position
+                    + 2 * queries * d * heads_dim      # q
+                    + 2 * queries * heads_dim * d      # output projection
+                    + 4 * queries * seq * heads_dim    # q k^T and p v, not halved: bidirectional
+                    + 2 * queries * d * ff * 2)        # FFN, two matrices
+
+  from roformer_jax.model import prunes_last_layer  # lazy: keeps this module import-light
+  rows = seq if predictions is None else predictions
+  last = layer(rows if predictions is not None and prunes_last_layer(cfg) else seq)
+  head = 2 * batch * rows * cfg.embed_size * cfg.vocab_size
   if cfg.version == "v1":
-    head += 2 * p * d * cfg.embed_size  # MLM transform
-  return float(cfg.num_layers * per_layer + head)
+    head += 2 * batch * rows * d * cfg.embed_size  # MLM transform
+  return float((cfg.num_layers - 1) * layer(seq) + last + head)
 
 
 def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None = None) -> float:
