@@ -22,7 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 32                 # global: all processes and accumulation steps together
   c.accum_steps = 1
   c.seq_len = 128
-  c.max_predictions = 0             # masked slots per sequence; 0 = ceil(0.2 * seq_len)
+  c.max_predictions = 0             # masked slots per sequence; 0 = pretrain.mlm.default_max_predictions (48 at 128)
   c.seed = 0
   c.log_every = 10
   c.eval_every = 200
