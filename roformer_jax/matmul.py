@@ -6,7 +6,7 @@ dtype inside. Why it owns its VJP:
     gradient comes out in w's own dtype (float32) straight from that accumulator, never rounded to bf16;
   * XLA:CPU's fast (YNN) bf16 matmul takes a left operand contracted over its minor axis only. The weight
     gradient x^T g contracts x over its major axis, so XLA would convert both operands to float32 and run a
-    float32 matmul at half the bf16 speed. Here x^T is materialised first (`swap_minor`).
+    float32 matmul at half the bf16 speed. Here x^T is materialised first (`swap_minor`; in bf16 only).
 On a 2-core Zen 4 this takes a bf16 FFN forward + backward from 170 to ~380 GFLOP/s (docs/BENCHMARKS.md).
 The transposes are staged per platform: TPU and GPU compilers get plain ones, which they fold for free.
 """
@@ -34,9 +34,13 @@ def transpose_copy(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
   leading); its simplifier would fold a plain transpose back into the matmul's dimension numbers, and XLA
   would then convert both operands and multiply in float32. A transpose written through a split of one
   of the axes it moves ([.., M, ..] -> [.., M1, M2, ..]) stays a copy. Other platforms get the plain
-  transpose, which their compilers fold into the matmul for free.
+  transpose, which their compilers fold into the matmul for free, and so does float32 everywhere: XLA:CPU's
+  float32 matmuls take a folded transpose at full speed, where the copy only costs (v2_small train step,
+  float32: 1,851 -> 1,770 ms at seq 512, unchanged at 128; docs/BENCHMARKS.md).
   """
   perm = tuple(int(p) for p in perm)
+  if x.dtype == jnp.float32:
+    return jnp.transpose(x, perm)
   for axis in range(x.ndim):
     n = x.shape[axis]
     f = next((f for f in (8, 4, 2, 3, 5, 7) if n % f == 0 and n > f), None)
