@@ -206,7 +206,8 @@ def _layer_class(cfg: ModelConfig, scan_length: int | None = None):
   cls = EncoderLayer
   if cfg.remat != "none":
     # argnum 4 (self=0, x, mask, rope, deterministic) is a Python bool: static for remat.
-    cls = nn.remat(cls, static_argnums=(4,), policy=_REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    # prevent_cse only outside a scan (inside one it is not needed, and costs).
+    cls = nn.remat(cls, static_argnums=(4,), policy=_REMAT_POLICIES[cfg.remat], prevent_cse=scan_length is None)
   if scan_length is not None:
     cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                   in_axes=(nn.broadcast,) * 4, length=scan_length,
