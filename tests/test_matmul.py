@@ -145,3 +145,11 @@ def test_accelerators_get_the_plain_transpose_and_tables(platform):
   assert "x128x384" not in lower(swap_minor, x) and "transpose" in lower(swap_minor, x)
   positions = rope.default_positions(2, 16)
   assert "dot_general" not in lower(lambda p: rope.rope_angles(p, 64), positions)
+  # The weight matmul: JAX's own backward (no custom VJP residuals); on CPU the hand-written one.
+  w = jnp.ones((384, 1536))
+  grad = lambda x, w: jax.grad(lambda x, w: jnp.sum(matmul(x, w).astype(jnp.float32)), argnums=(0, 1))(x, w)
+  hlo_acc, hlo_cpu = lower(grad, x, w), jax.jit(grad).trace(x, w).lower(lowering_platforms=("cpu",)).as_text()
+  dots = [line for line in hlo_acc.splitlines() if "dot_general" in line]
+  assert len(dots) == 2 and all(line.endswith("bf16>") for line in dots), dots  # no float32-output dW
+  assert "x128x384" not in hlo_acc
+  assert "x128x384" in hlo_cpu  # the CPU's materialised x^T, written through the split [8, 128, 384]
