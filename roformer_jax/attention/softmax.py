@@ -38,8 +38,8 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Attentio
 
 
 def _ropes(rope, query_rope):
-  """(q's tables, k's tables), or None without RoPE."""
-  return None if rope is None else (query_rope or rope, rope)
+  """(q's tables, k's tables); (None, None) without RoPE."""
+  return (None, None) if rope is None else (query_rope or rope, rope)
 
 
 def _keep_mask(q, k, rate, rng, deterministic) -> jax.Array | None:
@@ -51,8 +51,9 @@ def _keep_mask(q, k, rate, rng, deterministic) -> jax.Array | None:
 
 
 def _dense(q, k, v, visible, ropes, keep, rate):
-  if ropes is not None:
-    q, k = rope_lib.apply_rope(q, *ropes[0]), rope_lib.apply_rope(k, *ropes[1])
+  q_rope, k_rope = ropes
+  if k_rope is not None:
+    q, k = rope_lib.apply_rope(q, *q_rope), rope_lib.apply_rope(k, *k_rope)
   scale = q.shape[-1] ** -0.5
   # Scores accumulate and softmax in float32 whatever the compute dtype.
   scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
@@ -94,7 +95,7 @@ def _attend(q, k, v, visible, ropes, keep, rate):
 
 def _attend_fwd(q, k, v, visible, ropes, keep, rate):
   scale = q.shape[-1] ** -0.5
-  q_rope, k_rope = (None, None) if ropes is None else ropes
+  q_rope, k_rope = ropes
   qh = _to_heads(q, q_rope) * jnp.asarray(scale, q.dtype)  # exact for d = 64 (a power of 2)
   kh, vh = _to_heads(k, k_rope), transpose_copy(v, (0, 2, 1, 3))
   # + bias (0 or the float32 minimum) rather than `where`: XLA:CPU re-evaluates a `where` in every
@@ -111,7 +112,7 @@ def _attend_fwd(q, k, v, visible, ropes, keep, rate):
 
 def _attend_bwd(rate, res, dout):
   qh, kh, vh, p, o, visible, ropes, keep = res
-  q_rope, k_rope = (None, None) if ropes is None else ropes
+  q_rope, k_rope = ropes
   scale = qh.shape[-1] ** -0.5
   do = transpose_copy(dout, (0, 2, 1, 3))
   pd = p if keep is None else jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)

@@ -43,7 +43,7 @@ def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | N
   return float((cfg.num_layers - 1) * layer(seq) + last + head)
 
 
-def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: int | None = None) -> float:
+def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | None = None) -> float:
   """Forward + backward (x3) FLOPs of one train step."""
   return 3.0 * forward_flops(cfg, batch, seq, predictions)
 
