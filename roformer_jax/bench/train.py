@@ -9,6 +9,10 @@ accumulate in float32, as the model's do) measured in this same process. The pee
 usual full-vocabulary MLM logits at every position; that is their normal usage. With
 `--dtype bfloat16` the PyTorch peers run under `torch.autocast("cpu", torch.bfloat16)`, their
 own mixed precision, so each side runs at its best in the same dtype.
+
+Timing is interleaved: each of `--rounds` rounds times `--repeats` steps of every implementation in turn,
+after one untimed step. `tokens_per_s` is over the median step of all rounds; the ratio to the best peer is
+also given round by round, so a shared machine's slow phases show instead of landing on one side.
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
+import time
+from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, today
+from roformer_jax.bench.common import machine, today
 
 
 def _batch(cfg, batch, seq, preds, seed=0):
@@ -33,7 +40,8 @@ def _batch(cfg, batch, seq, preds, seed=0):
               masked_positions=masked, masked_labels=labels, masked_weights=np.ones(masked.shape, np.float32))
 
 
-def bench_ours(cfg, batch, seq, preds, repeats):
+def setup_ours(cfg, batch, seq, preds) -> Callable[[], None]:
+  """Our full train step on a fixed batch, compiled; the closure runs one step and blocks."""
   import flax.linen as nn
   import jax
   import optax
@@ -57,10 +65,10 @@ def bench_ours(cfg, batch, seq, preds, repeats):
       box[0], m = train(box[0], data)
       jax.block_until_ready(m["loss"])
 
-    return median_time(run, warmup=2, repeats=repeats)
+    return run
 
 
-def _torch_step(model, batch, seq, preds, vocab, repeats, dtype="float32"):
+def _torch_step(model, batch, seq, preds, vocab, dtype="float32") -> Callable[[], None]:
   import torch
   b = _batch(type("C", (), {"vocab_size": vocab})(), batch, seq, preds)
   ids = torch.tensor(b["input_ids"], dtype=torch.long)
@@ -80,7 +88,7 @@ def _torch_step(model, batch, seq, preds, vocab, repeats, dtype="float32"):
     loss.backward()
     opt.step()
 
-  return median_time(run, warmup=2, repeats=repeats)
+  return run
 
 
 def _peer_kwargs(cfg):
@@ -89,24 +97,24 @@ def _peer_kwargs(cfg):
               max_position_embeddings=4096, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def bench_roformer_port(cfg, batch, seq, preds, repeats):
+def setup_roformer_port(cfg, batch, seq, preds):
   import torch
   from roformer import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
   extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
   return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg), **extra)), batch, seq, preds,
-                     cfg.vocab_size, repeats, cfg.dtype)
+                     cfg.vocab_size, cfg.dtype)
 
 
-def bench_transformers(cfg, batch, seq, preds, repeats):
+def setup_transformers(cfg, batch, seq, preds):
   import torch
   from transformers import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
   return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg))), batch, seq, preds, cfg.vocab_size,
-                     repeats, cfg.dtype)
+                     cfg.dtype)
 
 
-def bench_transformers_flax(cfg, batch, seq, preds, repeats):
+def setup_transformers_flax(cfg, batch, seq, preds):
   import jax
   import optax
   from transformers import FlaxRoFormerForMaskedLM, RoFormerConfig
@@ -136,12 +144,35 @@ def bench_transformers_flax(cfg, batch, seq, preds, repeats):
     box[0], box[1] = step(box[0], box[1], b["input_ids"], labels)
     jax.block_until_ready(box[0])
 
-  return median_time(run, warmup=2, repeats=repeats)
+  return run
 
 
-PEERS = {"roformer": ("roformer PyTorch v2/v1 port", bench_roformer_port),
-         "transformers": ("transformers PyTorch v1", bench_transformers),
-         "flax": ("transformers Flax v1", bench_transformers_flax)}
+PEERS = {"roformer": ("roformer PyTorch v2/v1 port", setup_roformer_port),
+         "transformers": ("transformers PyTorch v1", setup_transformers),
+         "flax": ("transformers Flax v1", setup_transformers_flax)}
+
+
+def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats: int,
+                      warmup: int = 2) -> dict[str, list[list[float]]]:
+  """Step times in seconds, [name][round][repeat]. Every round times each implementation in turn (the
+  order rotates, and each turn starts with one untimed step), so a slow phase of a shared machine falls
+  on all of them rather than on one. (On the 2-core VM of docs/BENCHMARKS.md, single steps of ours took
+  389 to 644 ms within one minute, with no other process of ours running.)"""
+  for run in runs.values():
+    for _ in range(warmup):
+      run()
+  names = list(runs)
+  times: dict[str, list[list[float]]] = {n: [] for n in names}
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      runs[name]()
+      ts = []
+      for _ in range(repeats):
+        t = time.perf_counter()
+        runs[name]()
+        ts.append(time.perf_counter() - t)
+      times[name].append(ts)
+  return times
 
 
 def main(argv=None) -> None:
@@ -150,11 +181,18 @@ def main(argv=None) -> None:
   p.add_argument("--seq", type=int, default=128)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.15 * seq)")
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=5, help="timed steps per implementation per round")
+  p.add_argument("--rounds", type=int, default=5, help="rounds; each times every implementation in turn")
   p.add_argument("--peers", default="", help="comma list of roformer,transformers,flax (default: none)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype for everyone (params and optimiser stay float32)")
   a = p.parse_args(argv)
+  if a.rounds < 1 or a.repeats < 1:
+    p.error("--rounds and --repeats must be at least 1")
+  peer_names = [x for x in a.peers.split(",") if x]
+  for name in peer_names:
+    if name not in PEERS:
+      p.error(f"--peers: unknown peer {name!r} (known: {', '.join(PEERS)})")
 
   import jax
   import jax.numpy as jnp
@@ -164,30 +202,41 @@ def main(argv=None) -> None:
   cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, dtype=a.dtype)
   preds = a.predictions or math.ceil(0.15 * a.seq)
   dtype = jnp.dtype(a.dtype)
-  peak = flops.measure_matmul_peak(dtype)
-  t = bench_ours(cfg, a.batch, a.seq, preds, a.repeats)
-  peak = max(peak, flops.measure_matmul_peak(dtype))  # before and after: the higher (conservative MFU)
   tokens = a.batch * a.seq
+  peak = flops.measure_matmul_peak(dtype)
+  runs = {"ours": setup_ours(cfg, a.batch, a.seq, preds)}
+  labels, failed = {}, {}
+  for name in peer_names:
+    label, setup = PEERS[name]
+    # The v1 peers run RoFormer v1 at the preset's shapes (transformers has no RoFormerV2).
+    pcfg = cfg if name == "roformer" else cfg.replace(version="v1")
+    try:
+      run = setup(pcfg, a.batch, a.seq, preds)
+      run()  # a peer that fails, fails here, before any timing
+      runs[name], labels[name] = run, label
+    except Exception as e:  # noqa: BLE001 -- report a peer that does not run, don't hide it
+      failed[label] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+  times = interleaved_times(runs, a.rounds, a.repeats)
+  peak = max(peak, flops.measure_matmul_peak(dtype))  # before and after: the higher (conservative MFU)
+
+  step = {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
+  t = step["ours"]
   result = {"impl": "roformer_jax", "preset": a.preset, "dtype": a.dtype, "seq": a.seq, "batch": a.batch,
             "predictions": preds,
             "tokens_per_s": round(tokens / t, 1), "step_ms": round(1e3 * t, 2),
             "mfu": round(flops.train_flops(cfg, a.batch, a.seq, preds) / t / peak, 4),
-            "peak_gflops": round(peak / 1e9, 1), "machine": machine(), "date": today(), "jax": jax.__version__}
-  peers = {}
-  for name in [x for x in a.peers.split(",") if x]:
-    label, fn = PEERS[name]
-    # The v1 peers run RoFormer v1 at the preset's shapes (transformers has no RoFormerV2).
-    pcfg = cfg if name == "roformer" else cfg.replace(version="v1")
-    try:
-      pt = fn(pcfg, a.batch, a.seq, preds, a.repeats)
-      peers[label] = round(tokens / pt, 1)
-    except Exception as e:  # noqa: BLE001 -- report a peer that does not run, don't hide it
-      peers[label] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+            "peak_gflops": round(peak / 1e9, 1), "rounds": a.rounds, "repeats": a.repeats,
+            "machine": machine(), "date": today(), "jax": jax.__version__}
+  peers = {labels[n]: round(tokens / step[n], 1) for n in labels}
+  peers.update(failed)
   if peers:
     result["peers_tokens_per_s"] = peers
-    numeric = [v for v in peers.values() if isinstance(v, float)]
-    if numeric:
-      result["ours_over_best_peer"] = round(result["tokens_per_s"] / max(numeric), 2)
+  if labels:
+    # Medians over all rounds, and the same ratio round by round (how much the machine moved it).
+    result["ours_over_best_peer"] = round(min(step[n] for n in labels) / t, 2)
+    per_round = [min(statistics.median(times[n][r]) for n in labels) / statistics.median(times["ours"][r])
+                 for r in range(a.rounds)]
+    result["ours_over_best_peer_by_round"] = [round(x, 2) for x in per_round]
   print(json.dumps(result), flush=True)
 
 

@@ -1,0 +1,25 @@
+"""The train benchmark's protocol: interleaved rounds, and the JSON line it prints (tiny sizes; not a timing)."""
+
+import json
+
+from roformer_jax.bench import train as bench_train
+
+
+def test_rounds_interleave_and_rotate():
+  calls = []
+  runs = {n: (lambda n=n: calls.append(n)) for n in ("ours", "a", "b")}
+  times = bench_train.interleaved_times(runs, rounds=3, repeats=2, warmup=1)
+  assert {n: [len(r) for r in ts] for n, ts in times.items()} == {n: [2, 2, 2] for n in runs}
+  body = calls[3:]  # after one warm-up call each
+  # each round: every implementation once untimed, then `repeats` timed calls, the order rotating
+  assert body == ["ours"] * 3 + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3 + ["ours"] * 3 \
+      + ["b"] * 3 + ["ours"] * 3 + ["a"] * 3
+
+
+def test_train_bench_prints_ratios_by_round(capsys):
+  bench_train.main(["--preset", "tiny", "--seq", "32", "--batch", "2", "--rounds", "2", "--repeats", "1",
+                    "--peers", "roformer"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["tokens_per_s"] > 0 and 0 < out["mfu"] < 1 and out["rounds"] == 2
+  assert isinstance(out["peers_tokens_per_s"]["roformer PyTorch v2/v1 port"], float)
+  assert len(out["ours_over_best_peer_by_round"]) == 2 and out["ours_over_best_peer"] > 0
