@@ -2,13 +2,13 @@
 
 import json
 
-from roformer_jax.bench import train as bench_train
+from roformer_jax.bench import common, train as bench_train
 
 
 def test_rounds_interleave_and_rotate():
   calls = []
   runs = {n: (lambda n=n: calls.append(n)) for n in ("ours", "a", "b")}
-  times = bench_train.interleaved_times(runs, rounds=3, repeats=2, warmup=1)
+  times = common.interleaved_times(runs, rounds=3, repeats=2, warmup=1)
   assert {n: [len(r) for r in ts] for n, ts in times.items()} == {n: [2, 2, 2] for n in runs}
   body = calls[3:]  # after one warm-up call each
   # each round: every implementation once untimed, then `repeats` timed calls, the order rotating

@@ -1,4 +1,4 @@
-"""Shared timing helpers for the benchmark scripts (medians after warm-up, machine description)."""
+"""Shared timing helpers for the benchmark scripts (medians after warm-up, interleaved rounds, machine description)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,29 @@ def median_time(fn: Callable[[], object], warmup: int = 2, repeats: int = 5, min
     fn()
     times.append(time.perf_counter() - t)
   return statistics.median(times)
+
+
+def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats: int,
+                      warmup: int = 2) -> dict[str, list[list[float]]]:
+  """Step times in seconds, [name][round][repeat]. Every round times each implementation in turn (the
+  order rotates, and each turn starts with one untimed step), so a slow phase of a shared machine falls
+  on all of them rather than on one. (On the 2-core VM of docs/BENCHMARKS.md, single steps of ours took
+  389 to 644 ms within one minute, with no other process of ours running.)"""
+  for run in runs.values():
+    for _ in range(warmup):
+      run()
+  names = list(runs)
+  times: dict[str, list[list[float]]] = {n: [] for n in names}
+  for r in range(rounds):
+    for name in names[r % len(names):] + names[:r % len(names)]:
+      runs[name]()
+      ts = []
+      for _ in range(repeats):
+        t = time.perf_counter()
+        runs[name]()
+        ts.append(time.perf_counter() - t)
+      times[name].append(ts)
+  return times
 
 
 def machine() -> str:

@@ -21,12 +21,11 @@ import argparse
 import json
 import math
 import statistics
-import time
 from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, today
+from roformer_jax.bench.common import interleaved_times, machine, today
 
 
 def _batch(cfg, batch, seq, preds, seed=0):
@@ -150,29 +149,6 @@ def setup_transformers_flax(cfg, batch, seq, preds):
 PEERS = {"roformer": ("roformer PyTorch v2/v1 port", setup_roformer_port),
          "transformers": ("transformers PyTorch v1", setup_transformers),
          "flax": ("transformers Flax v1", setup_transformers_flax)}
-
-
-def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats: int,
-                      warmup: int = 2) -> dict[str, list[list[float]]]:
-  """Step times in seconds, [name][round][repeat]. Every round times each implementation in turn (the
-  order rotates, and each turn starts with one untimed step), so a slow phase of a shared machine falls
-  on all of them rather than on one. (On the 2-core VM of docs/BENCHMARKS.md, single steps of ours took
-  389 to 644 ms within one minute, with no other process of ours running.)"""
-  for run in runs.values():
-    for _ in range(warmup):
-      run()
-  names = list(runs)
-  times: dict[str, list[list[float]]] = {n: [] for n in names}
-  for r in range(rounds):
-    for name in names[r % len(names):] + names[:r % len(names)]:
-      runs[name]()
-      ts = []
-      for _ in range(repeats):
-        t = time.perf_counter()
-        runs[name]()
-        ts.append(time.perf_counter() - t)
-      times[name].append(ts)
-  return times
 
 
 def main(argv=None) -> None:
