@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: pretrain test bench clean
+.PHONY: pretrain test bench clean kernels
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -12,13 +12,18 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps bert4keras==0.11.5
 	touch $(STAMP)
 
-pretrain: $(STAMP)
+# The fused CPU attention kernel, built once per source change (roformer_jax/kernels/cpu_attention.py),
+# so that parallel test workers and the first train step find it ready. A no-op where it is built.
+kernels: $(STAMP)
+	$(PY) -m roformer_jax.kernels.cpu_attention
+
+pretrain: $(STAMP) kernels
 	$(PY) -m pretrain.train --config pretrain/configs/tiny_cpu.py --workdir workdir/tiny_cpu
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
 # single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps
 # transformers from importing TensorFlow. --dist loadfile keeps each file on one worker.
-test: $(STAMP)
+test: $(STAMP) kernels
 	JAX_PLATFORMS=cpu USE_TF=0 $(PY) -m pytest -q -n 2 --dist loadfile --durations=20 tests
 
 bench: $(STAMP)

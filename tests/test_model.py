@@ -218,9 +218,11 @@ def test_dropout_is_active_only_when_not_deterministic():
 def test_flop_count_matches_xla_cost_analysis(attention):
   # The MFU numerator counts what the step computes: with masked positions the pruned last layer
   # (softmax) or the full one (blockwise). XLA's own count adds elementwise work, a fraction of a percent.
+  # softmax runs its XLA path here: XLA's cost analysis does not see into the fused CPU kernel's custom call.
   from roformer_jax.train import flops
+  options = (("implementation", "xla"),) if attention == "softmax" else ()
   cfg = rj.get_config("tiny", num_layers=3, hidden_size=256, num_heads=4, intermediate_size=1024, vocab_size=3000,
-                      attention=attention, hidden_dropout=0.0, attention_dropout=0.0)
+                      attention=attention, hidden_dropout=0.0, attention_dropout=0.0, attention_options=options)
   model = rj.RoFormerForMaskedLM(cfg)
   params = rj.init_params(model, jax.random.PRNGKey(0))
   batch, seq, preds = 2, 64, 10

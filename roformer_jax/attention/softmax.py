@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from roformer_jax import rope as rope_lib
 from roformer_jax.attention import AttentionMask, register
+from roformer_jax.kernels import cpu_attention
 from roformer_jax.matmul import swap_minor, transpose_copy
 
 _MIN = float(jnp.finfo(jnp.float32).min)
@@ -65,13 +70,18 @@ def _dense(q, k, v, visible, ropes, keep, rate):
   return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32).astype(v.dtype)
 
 
-def _to_heads(x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
-  """[B, L, H, D] -> rope(x) as [B, H, L, D] in the half-split basis (float32 rotation, x's dtype out)."""
+def _rotate(x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+  """[B, L, H, D] -> rope(x) in the half-split basis (float32 rotation, x's dtype out)."""
   if rope is not None:
     sin, cos = (t[:, :, None, :] for t in rope)
     x1, x2 = x[..., 0::2].astype(jnp.float32), x[..., 1::2].astype(jnp.float32)
     x = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-  return transpose_copy(x, (0, 2, 1, 3))  # (a plain transpose would fold into the matmuls: float32 there)
+  return x
+
+
+def _to_heads(x: jax.Array, rope: tuple[jax.Array, jax.Array] | None) -> jax.Array:
+  """[B, L, H, D] -> rope(x) as [B, H, L, D] in the half-split basis."""
+  return transpose_copy(_rotate(x, rope), (0, 2, 1, 3))  # (a plain transpose would fold into the matmuls: float32 there)
 
 
 def _from_heads(g: jax.Array, rope: tuple[jax.Array, jax.Array] | None, dtype, perm=(0, 2, 1, 3)) -> jax.Array:
@@ -142,12 +152,83 @@ def _attend_bwd(rate, res, dout):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+# The fused CPU kernel (roformer_jax/kernels/cpu_attention.cc): the same maths in the [B, L, H, D] layout,
+# each (batch, head) in cache, so neither the transposes nor XLA's passes over the [B, H, L, L] scores.
+@jax.custom_vjp
+def _attend_kernel(q, k, v, key_mask, key_seg, query_seg, ropes):
+  return _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes)[0]
+
+
+def _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes):
+  q_rope, k_rope = ropes
+  qh = _rotate(q, q_rope) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  kh = _rotate(k, k_rope)
+  o, p = cpu_attention.forward(qh, kh, v, key_mask, key_seg, query_seg)
+  return o, (qh, kh, v, o, p, key_mask, key_seg, query_seg, ropes)
+
+
+def _attend_kernel_bwd(res, dout):
+  qh, kh, v, o, p, key_mask, key_seg, query_seg, ropes = res
+  q_rope, k_rope = ropes
+  dqh, dkh, dv = cpu_attention.backward(qh, kh, v, o, dout, p, key_mask, key_seg, query_seg)
+  dq = _from_heads(dqh * (qh.shape[-1] ** -0.5), q_rope, qh.dtype, perm=(0, 1, 2, 3))
+  dk = _from_heads(dkh, k_rope, kh.dtype, perm=(0, 1, 2, 3))
+  zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
+  return dq, dk, dv, None, None, None, zeros(ropes)
+
+
+_attend_kernel.defvjp(_attend_kernel_fwd, _attend_kernel_bwd)
+
+
+def _kernel_applies(q, k, v, mask: AttentionMask, keep, implementation: str) -> bool:
+  if implementation not in ("auto", "xla"):
+    raise ValueError(f"attention_options: softmax implementation must be 'auto' or 'xla', got {implementation!r}")
+  return (implementation == "auto" and keep is None and mask.key_mask.ndim == 2
+          and all(x.dtype == jnp.float32 for x in (q, k, v)) and cpu_attention.available())
+
+
 @register("softmax", query_subset=True)
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                       rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                       dropout_rng: jax.Array | None = None, deterministic: bool = True,
-                      query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                      query_rope: tuple[jax.Array, jax.Array] | None = None,
+                      implementation: str = "auto") -> jax.Array:
   """`reference_attention` with a hand-written backward; q, k, v: [B, L, H, D] -> [B, L, H, D]
-  (q may be a subset of the positions, as there)."""
+  (q may be a subset of the positions, as there).
+
+  implementation="auto" runs float32 attention without dropout through the fused CPU kernel when the
+  program runs on a CPU with AVX-512 (`roformer_jax.kernels.cpu_attention`); "xla" never does. Other
+  platforms always get the XLA path."""
   keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
-  return _attend(q, k, v, mask.dense(), _ropes(rope, query_rope), keep, float(dropout_rate))
+  ropes = _ropes(rope, query_rope)
+  xla = lambda q, k, v: _attend(q, k, v, mask.dense(), ropes, keep, float(dropout_rate))
+  if not _kernel_applies(q, k, v, mask, keep, implementation):
+    return xla(q, k, v)
+  key_seg = mask.segment_ids
+  query_seg = key_seg if mask.query_segment_ids is None else mask.query_segment_ids
+  if key_seg is None:
+    key_seg, query_seg = (jnp.zeros(x.shape[:2], jnp.int32) for x in (k, q))
+  kernel = lambda q, k, v: _per_shard(_attend_kernel, q, k, v, mask.key_mask.astype(bool),
+                                      key_seg.astype(jnp.int32), query_seg.astype(jnp.int32), ropes)
+  return lax.platform_dependent(q, k, v, cpu=kernel, default=xla)
+
+
+def _per_shard(fn, q, k, v, key_mask, key_seg, query_seg, ropes):
+  """fn on each device's shard of the batch and heads. XLA's partitioner knows nothing of a custom call and
+  would gather every operand whole onto every device; the kernel is per (batch, head) anyway."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return fn(q, k, v, key_mask, key_seg, query_seg, ropes)
+  batch, _, heads, _ = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+
+  def fit(axes, n):  # the mesh axes that divide n (as sharding.fit_to_shapes; else that dim is whole)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if a in mesh.axis_names)
+    size = int(np.prod([mesh.shape[a] for a in axes]))
+    return (axes if len(axes) > 1 else axes[0]) if axes and n % size == 0 else None
+
+  b, h = fit(batch, q.shape[0]), fit(heads, q.shape[2])
+  x, m = P(b, None, h, None), P(b, None)
+  rope_specs = jax.tree_util.tree_map(lambda t: P(b if t.shape[0] == q.shape[0] else None), ropes)
+  return jax.shard_map(fn, in_specs=(x, x, x, m, m, m, rope_specs), out_specs=x, check_vma=False)(
+      q, k, v, key_mask, key_seg, query_seg, ropes)
