@@ -166,14 +166,33 @@ static inline void softmax_row(float* s, int Lk, const uint8_t* kmask, const int
   }
 }
 
-// One (b, h): q [B,Lq,H,D], k, v [B,Lk,H,D]; p [B,H,Lq,Lk]; o [B,Lq,H,D]. kt: scratch [D*Lk].
+// dst[e * L + j] = src[j * stride + e] for j < L, e < D: one head of [L, H, D] as [D, L], the B operand of
+// S = Q K^T (and dP = dO V^T). 16 rows at a time, gathered, so every store is a whole vector.
+static inline void pack_transposed(float* dst, const float* src, int L, int D, long stride) {
+  const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                         _mm512_set1_epi32((int)stride));
+  for (int j = 0; j < L; j += 16) {
+    const __mmask16 m = lo_mask(L - j);
+    const float* row = src + (long)j * stride;
+    for (int e = 0; e < D; e++)
+      _mm512_mask_storeu_ps(dst + (long)e * L + j, m, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, row + e, 4));
+  }
+}
+
+// Copies n floats to dst, bypassing the cache where dst is 64-byte aligned: P is written once here and read
+// back only by the backward, so streaming it out saves the read-for-ownership of every line.
+static inline void stream_copy(float* dst, const float* src, long n) {
+  if (reinterpret_cast<uintptr_t>(dst) % 64 != 0 || n % 16 != 0) { std::memcpy(dst, src, n * sizeof(float)); return; }
+  for (long i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+}
+
+// One (b, h): q [B,Lq,H,D], k, v [B,Lk,H,D]; p [B,H,Lq,Lk]; o [B,Lq,H,D]. kt: scratch [D*Lk]; sbuf: [Mb*Lk].
 static void fwd_head(const Dims& d, int b, int h, const float* q, const float* k, const float* v,
                      const uint8_t* kmask, const int32_t* kseg, const int32_t* qseg,
-                     float* p, float* o, float* kt, int Mb) {
+                     float* p, float* o, float* kt, float* sbuf, int Mb) {
   const long HD = (long)d.H * d.D;
   const float* kb = k + (long)b * d.Lk * HD + h * d.D;
-  for (int j = 0; j < d.Lk; j++)
-    for (int e = 0; e < d.D; e++) kt[(long)e * d.Lk + j] = kb[j * HD + e];
+  pack_transposed(kt, kb, d.Lk, d.D, HD);
   const uint8_t* km = kmask + (long)b * d.Lk;
   const int32_t* ks = kseg ? kseg + (long)b * d.Lk : nullptr;
   const int32_t* qs = qseg ? qseg + (long)b * d.Lq : nullptr;
@@ -182,11 +201,13 @@ static void fwd_head(const Dims& d, int b, int h, const float* q, const float* k
   for (int i0 = 0; i0 < d.Lq; i0 += Mb) {
     const int mb = std::min(Mb, d.Lq - i0);
     const float* qb = q + ((long)b * d.Lq + i0) * HD + h * d.D;
-    float* s = pb + (long)i0 * d.Lk;
+    float* s = sbuf;  // the block's scores stay in cache through softmax and P.V
     gemm(mb, d.Lk, d.D, qb, HD, 1, kt, d.Lk, s, d.Lk, false);
     for (int i = 0; i < mb; i++) softmax_row(s + (long)i * d.Lk, d.Lk, km, ks, qs ? qs[i0 + i] : 0);
     gemm(mb, d.D, d.Lk, s, d.Lk, 1, vb, HD, o + ((long)b * d.Lq + i0) * HD + h * d.D, HD, false);
+    stream_copy(pb + (long)i0 * d.Lk, s, (long)mb * d.Lk);
   }
+  _mm_sfence();
 }
 // 1 where row i of the query block sees at least one key.
 static inline bool row_sees_any(int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg) {
@@ -208,8 +229,7 @@ static void bwd_head(const Dims& d, int b, int h, const float* q, const float* k
                      float* dq, float* dk, float* dv, float* vt, float* ds, int Mb) {
   const long HD = (long)d.H * d.D;
   const long kofs = (long)b * d.Lk * HD + h * d.D;
-  for (int j = 0; j < d.Lk; j++)
-    for (int e = 0; e < d.D; e++) vt[(long)e * d.Lk + j] = v[kofs + j * HD + e];
+  pack_transposed(vt, v + kofs, d.Lk, d.D, HD);
   for (int j = 0; j < d.Lk; j++) {
     std::memset(dk + kofs + j * HD, 0, d.D * sizeof(float));
     std::memset(dv + kofs + j * HD, 0, d.D * sizeof(float));
@@ -237,6 +257,7 @@ static void bwd_head(const Dims& d, int b, int h, const float* q, const float* k
       }
     }
     gemm(mb, d.D, d.Lk, ds, d.Lk, 1, k + kofs, HD, dq + qofs, HD, false);            // dQ = dS K
+    // (As dK^T += Q^T dS, [D, Lk], B would be contiguous rows of dS, but M = D = 64 tiles no better here.)
     gemm(d.Lk, d.D, mb, ds, 1, d.Lk, q + qofs, HD, dk + kofs, HD, true);             // dK += dS^T Q
     gemm(d.Lk, d.D, mb, pblk, 1, d.Lk, dout + qofs, HD, dv + kofs, HD, true);        // dV += P^T dO
   }
@@ -277,9 +298,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   const int32_t *ks = key_seg.typed_data(), *qs = query_seg.typed_data();
   float *op = o->typed_data(), *pp = p->typed_data();
   parallel_for(pool, d.B * d.H, [=](int t) {
-    thread_local std::vector<float> kt;
+    thread_local std::vector<float> kt, sbuf;
     kt.resize((size_t)d.D * d.Lk);
-    fwd_head(d, t / d.H, t % d.H, qp, kp, vp, km, ks, qs, pp, op, kt.data(), 64);
+    sbuf.resize((size_t)64 * d.Lk);
+    fwd_head(d, t / d.H, t % d.H, qp, kp, vp, km, ks, qs, pp, op, kt.data(), sbuf.data(), 64);
   });
   return ffi::Error::Success();
 }
