@@ -89,6 +89,14 @@ def test_kernel_with_a_query_subset():
     np.testing.assert_allclose(x, y, atol=2e-5 * float(jnp.max(jnp.abs(y))))
 
 
+def test_kernel_under_vmap():
+  # A leading vmapped axis (per-example gradients, ensembles) runs the kernel once per element.
+  q, k, v, mask, rope = _case(2, 40, 2, 64)
+  stack = lambda x: jnp.stack([x, 0.5 * x])
+  f = lambda fn: jax.vmap(lambda q, k, v: fn(q, k, v, mask, rope=rope))(stack(q), stack(k), stack(v))
+  np.testing.assert_allclose(f(softmax.softmax_attention), f(softmax.reference_attention), rtol=2e-5, atol=1e-6)
+
+
 def test_rows_that_see_no_key_are_uniform_and_get_no_gradient():
   q, k, v, mask, rope = _case(2, 70, 2, 64)
   out = softmax.softmax_attention(q, k, v, mask, rope=rope)

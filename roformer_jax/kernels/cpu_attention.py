@@ -95,7 +95,7 @@ def forward(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, key_s
   query_seg [B, Lq] int32 -> (o [B, Lq, H, D], p [B, H, Lq, Lk]), all float32."""
   b, lq, h, _ = q.shape
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, lq, k.shape[1]), jnp.float32))
-  return jax.ffi.ffi_call(_FWD, out)(q, k, v, key_mask, key_seg, query_seg)
+  return jax.ffi.ffi_call(_FWD, out, vmap_method="sequential")(q, k, v, key_mask, key_seg, query_seg)
 
 
 def backward(q, k, v, o, dout, p, key_mask, key_seg, query_seg) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -103,7 +103,7 @@ def backward(q, k, v, o, dout, p, key_mask, key_seg, query_seg) -> tuple[jax.Arr
   of the chain rule is applied: the caller does), k and v."""
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32),
          jax.ShapeDtypeStruct(v.shape, jnp.float32))
-  return jax.ffi.ffi_call(_BWD, out)(q, k, v, o, dout, p, key_mask, key_seg, query_seg)
+  return jax.ffi.ffi_call(_BWD, out, vmap_method="sequential")(q, k, v, o, dout, p, key_mask, key_seg, query_seg)
 
 
 if __name__ == "__main__":
