@@ -42,8 +42,16 @@ def _cpu_has_avx512() -> bool:
 
 
 def _cache_dir() -> pathlib.Path:
+  """$XDG_CACHE_HOME (or ~/.cache)/roformer_jax/kernels; the temp directory where that cannot be written."""
   root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return pathlib.Path(root) / "roformer_jax" / "kernels"
+  path = pathlib.Path(root) / "roformer_jax" / "kernels"
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.access(path, os.W_OK):
+      return path
+  except OSError:
+    pass
+  return pathlib.Path(tempfile.gettempdir()) / f"roformer_jax-kernels-{os.getuid()}"
 
 
 def build() -> pathlib.Path:
