@@ -163,3 +163,12 @@ def test_sharded_kernel_runs_per_shard_without_gathering():
   script = f"KERNEL = {cpu_attention.available()}\n" + _SHARDED
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_kernel_names_a_misshapen_operand():
+  if not cpu_attention.available():
+    return  # nothing to call: the XLA path has its own shape checks
+  q, k, v, mask, _ = _case(2, 40, 2, 64)
+  seg = mask.segment_ids
+  with pytest.raises(Exception, match="cpu_attention: v has the wrong shape"):
+    jax.block_until_ready(cpu_attention.forward(q, k, v[:, :30], mask.key_mask, seg, seg))

@@ -15,7 +15,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <string>
+#include <utility>
 #include <thread>
 #include <vector>
 
@@ -30,67 +33,37 @@ constexpr float kMin = -3.4028234663852886e38f;
 static inline __mmask16 lo_mask(int n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 // C[MR x n] (n <= 32) (+)= sum_k A(i, k) * B[k, 0:n];  A(i, k) = A[i*sai + k*sak].
-// Accumulators are named variables (not an array), so GCC keeps all 2*MR of them in registers.
+// Accumulators are named variables (not an array: GCC spilled those to the stack on every FMA, 43 vs
+// 106 GFLOP/s), so all 2*MR of them stay in registers. RJ_ROWS(X) expands X once per row.
+#define RJ_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 template <int MR>
 static inline void mk(int K, const float* A, long sai, long sak, const float* B, long ldb,
                       float* C, long ldc, int n, bool acc) {
   const __mmask16 m0 = lo_mask(n), m1 = lo_mask(n - 16);
   const __m512 z = _mm512_setzero_ps();
-  __m512 c0a = z, c0b = z;
-  __m512 c1a = z, c1b = z;
-  __m512 c2a = z, c2b = z;
-  __m512 c3a = z, c3b = z;
-  __m512 c4a = z, c4b = z;
-  __m512 c5a = z, c5b = z;
-  __m512 c6a = z, c6b = z;
-  __m512 c7a = z, c7b = z;
-  __m512 c8a = z, c8b = z;
-  __m512 c9a = z, c9b = z;
-  __m512 c10a = z, c10b = z;
-  __m512 c11a = z, c11b = z;
-  if (acc) {
-    if constexpr (MR > 0) { c0a = _mm512_maskz_loadu_ps(m0, C + 0 * ldc); c0b = _mm512_maskz_loadu_ps(m1, C + 0 * ldc + 16); }
-    if constexpr (MR > 1) { c1a = _mm512_maskz_loadu_ps(m0, C + 1 * ldc); c1b = _mm512_maskz_loadu_ps(m1, C + 1 * ldc + 16); }
-    if constexpr (MR > 2) { c2a = _mm512_maskz_loadu_ps(m0, C + 2 * ldc); c2b = _mm512_maskz_loadu_ps(m1, C + 2 * ldc + 16); }
-    if constexpr (MR > 3) { c3a = _mm512_maskz_loadu_ps(m0, C + 3 * ldc); c3b = _mm512_maskz_loadu_ps(m1, C + 3 * ldc + 16); }
-    if constexpr (MR > 4) { c4a = _mm512_maskz_loadu_ps(m0, C + 4 * ldc); c4b = _mm512_maskz_loadu_ps(m1, C + 4 * ldc + 16); }
-    if constexpr (MR > 5) { c5a = _mm512_maskz_loadu_ps(m0, C + 5 * ldc); c5b = _mm512_maskz_loadu_ps(m1, C + 5 * ldc + 16); }
-    if constexpr (MR > 6) { c6a = _mm512_maskz_loadu_ps(m0, C + 6 * ldc); c6b = _mm512_maskz_loadu_ps(m1, C + 6 * ldc + 16); }
-    if constexpr (MR > 7) { c7a = _mm512_maskz_loadu_ps(m0, C + 7 * ldc); c7b = _mm512_maskz_loadu_ps(m1, C + 7 * ldc + 16); }
-    if constexpr (MR > 8) { c8a = _mm512_maskz_loadu_ps(m0, C + 8 * ldc); c8b = _mm512_maskz_loadu_ps(m1, C + 8 * ldc + 16); }
-    if constexpr (MR > 9) { c9a = _mm512_maskz_loadu_ps(m0, C + 9 * ldc); c9b = _mm512_maskz_loadu_ps(m1, C + 9 * ldc + 16); }
-    if constexpr (MR > 10) { c10a = _mm512_maskz_loadu_ps(m0, C + 10 * ldc); c10b = _mm512_maskz_loadu_ps(m1, C + 10 * ldc + 16); }
-    if constexpr (MR > 11) { c11a = _mm512_maskz_loadu_ps(m0, C + 11 * ldc); c11b = _mm512_maskz_loadu_ps(m1, C + 11 * ldc + 16); }
-  }
+#define RJ_DECLARE(r) __m512 c##r##a = z, c##r##b = z;
+#define RJ_LOAD(r) if constexpr (MR > r) { c##r##a = _mm512_maskz_loadu_ps(m0, C + r * ldc); \
+                                           c##r##b = _mm512_maskz_loadu_ps(m1, C + r * ldc + 16); }
+#define RJ_FMA(r) if constexpr (MR > r) { const __m512 x = _mm512_set1_ps(a[r * sai]); \
+                                          c##r##a = _mm512_fmadd_ps(x, b0, c##r##a); c##r##b = _mm512_fmadd_ps(x, b1, c##r##b); }
+#define RJ_STORE(r) if constexpr (MR > r) { _mm512_mask_storeu_ps(C + r * ldc, m0, c##r##a); \
+                                            _mm512_mask_storeu_ps(C + r * ldc + 16, m1, c##r##b); }
+  RJ_ROWS(RJ_DECLARE)
+  if (acc) { RJ_ROWS(RJ_LOAD) }
   for (int k = 0; k < K; k++) {
     const __m512 b0 = _mm512_maskz_loadu_ps(m0, B + k * ldb), b1 = _mm512_maskz_loadu_ps(m1, B + k * ldb + 16);
     const float* a = A + k * sak;
-    if constexpr (MR > 0) { const __m512 x = _mm512_set1_ps(a[0 * sai]); c0a = _mm512_fmadd_ps(x, b0, c0a); c0b = _mm512_fmadd_ps(x, b1, c0b); }
-    if constexpr (MR > 1) { const __m512 x = _mm512_set1_ps(a[1 * sai]); c1a = _mm512_fmadd_ps(x, b0, c1a); c1b = _mm512_fmadd_ps(x, b1, c1b); }
-    if constexpr (MR > 2) { const __m512 x = _mm512_set1_ps(a[2 * sai]); c2a = _mm512_fmadd_ps(x, b0, c2a); c2b = _mm512_fmadd_ps(x, b1, c2b); }
-    if constexpr (MR > 3) { const __m512 x = _mm512_set1_ps(a[3 * sai]); c3a = _mm512_fmadd_ps(x, b0, c3a); c3b = _mm512_fmadd_ps(x, b1, c3b); }
-    if constexpr (MR > 4) { const __m512 x = _mm512_set1_ps(a[4 * sai]); c4a = _mm512_fmadd_ps(x, b0, c4a); c4b = _mm512_fmadd_ps(x, b1, c4b); }
-    if constexpr (MR > 5) { const __m512 x = _mm512_set1_ps(a[5 * sai]); c5a = _mm512_fmadd_ps(x, b0, c5a); c5b = _mm512_fmadd_ps(x, b1, c5b); }
-    if constexpr (MR > 6) { const __m512 x = _mm512_set1_ps(a[6 * sai]); c6a = _mm512_fmadd_ps(x, b0, c6a); c6b = _mm512_fmadd_ps(x, b1, c6b); }
-    if constexpr (MR > 7) { const __m512 x = _mm512_set1_ps(a[7 * sai]); c7a = _mm512_fmadd_ps(x, b0, c7a); c7b = _mm512_fmadd_ps(x, b1, c7b); }
-    if constexpr (MR > 8) { const __m512 x = _mm512_set1_ps(a[8 * sai]); c8a = _mm512_fmadd_ps(x, b0, c8a); c8b = _mm512_fmadd_ps(x, b1, c8b); }
-    if constexpr (MR > 9) { const __m512 x = _mm512_set1_ps(a[9 * sai]); c9a = _mm512_fmadd_ps(x, b0, c9a); c9b = _mm512_fmadd_ps(x, b1, c9b); }
-    if constexpr (MR > 10) { const __m512 x = _mm512_set1_ps(a[10 * sai]); c10a = _mm512_fmadd_ps(x, b0, c10a); c10b = _mm512_fmadd_ps(x, b1, c10b); }
-    if constexpr (MR > 11) { const __m512 x = _mm512_set1_ps(a[11 * sai]); c11a = _mm512_fmadd_ps(x, b0, c11a); c11b = _mm512_fmadd_ps(x, b1, c11b); }
+    RJ_ROWS(RJ_FMA)
   }
-  if constexpr (MR > 0) { _mm512_mask_storeu_ps(C + 0 * ldc, m0, c0a); _mm512_mask_storeu_ps(C + 0 * ldc + 16, m1, c0b); }
-  if constexpr (MR > 1) { _mm512_mask_storeu_ps(C + 1 * ldc, m0, c1a); _mm512_mask_storeu_ps(C + 1 * ldc + 16, m1, c1b); }
-  if constexpr (MR > 2) { _mm512_mask_storeu_ps(C + 2 * ldc, m0, c2a); _mm512_mask_storeu_ps(C + 2 * ldc + 16, m1, c2b); }
-  if constexpr (MR > 3) { _mm512_mask_storeu_ps(C + 3 * ldc, m0, c3a); _mm512_mask_storeu_ps(C + 3 * ldc + 16, m1, c3b); }
-  if constexpr (MR > 4) { _mm512_mask_storeu_ps(C + 4 * ldc, m0, c4a); _mm512_mask_storeu_ps(C + 4 * ldc + 16, m1, c4b); }
-  if constexpr (MR > 5) { _mm512_mask_storeu_ps(C + 5 * ldc, m0, c5a); _mm512_mask_storeu_ps(C + 5 * ldc + 16, m1, c5b); }
-  if constexpr (MR > 6) { _mm512_mask_storeu_ps(C + 6 * ldc, m0, c6a); _mm512_mask_storeu_ps(C + 6 * ldc + 16, m1, c6b); }
-  if constexpr (MR > 7) { _mm512_mask_storeu_ps(C + 7 * ldc, m0, c7a); _mm512_mask_storeu_ps(C + 7 * ldc + 16, m1, c7b); }
-  if constexpr (MR > 8) { _mm512_mask_storeu_ps(C + 8 * ldc, m0, c8a); _mm512_mask_storeu_ps(C + 8 * ldc + 16, m1, c8b); }
-  if constexpr (MR > 9) { _mm512_mask_storeu_ps(C + 9 * ldc, m0, c9a); _mm512_mask_storeu_ps(C + 9 * ldc + 16, m1, c9b); }
-  if constexpr (MR > 10) { _mm512_mask_storeu_ps(C + 10 * ldc, m0, c10a); _mm512_mask_storeu_ps(C + 10 * ldc + 16, m1, c10b); }
-  if constexpr (MR > 11) { _mm512_mask_storeu_ps(C + 11 * ldc, m0, c11a); _mm512_mask_storeu_ps(C + 11 * ldc + 16, m1, c11b); }
+  RJ_ROWS(RJ_STORE)
+#undef RJ_DECLARE
+#undef RJ_LOAD
+#undef RJ_FMA
+#undef RJ_STORE
 }
+
+using Kernel = void (*)(int, const float*, long, long, const float*, long, float*, long, int, bool);
+constexpr Kernel kRest[12] = {nullptr, mk<1>, mk<2>, mk<3>, mk<4>, mk<5>, mk<6>, mk<7>, mk<8>, mk<9>, mk<10>, mk<11>};
 
 // C[m x n] (+)= A(m x K) B(K x n), any m, n: tiles of 12 x 32.
 static inline void gemm(int m, int n, int K, const float* A, long sai, long sak, const float* B, long ldb,
@@ -99,22 +72,7 @@ static inline void gemm(int m, int n, int K, const float* A, long sai, long sak,
     const int nj = std::min(32, n - j);
     int i = 0;
     for (; i + 12 <= m; i += 12) mk<12>(K, A + i * sai, sai, sak, B + j, ldb, C + i * ldc + j, ldc, nj, acc);
-    const int r = m - i;
-    const float* a = A + i * sai; float* c = C + i * ldc + j;
-    switch (r) {
-      case 0: break;
-      case 1: mk<1>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 2: mk<2>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 3: mk<3>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 4: mk<4>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 5: mk<5>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 6: mk<6>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 7: mk<7>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 8: mk<8>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 9: mk<9>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      case 10: mk<10>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-      default: mk<11>(K, a, sai, sak, B + j, ldb, c, ldc, nj, acc); break;
-    }
+    if (i < m) kRest[m - i](K, A + i * sai, sai, sak, B + j, ldb, C + i * ldc + j, ldc, nj, acc);
   }
 }
 
@@ -136,16 +94,21 @@ static inline __m512 exp16(__m512 x) {
 
 struct Dims { int B, Lq, Lk, H, D; };
 
+// Which of 16 keys (lanes in m) a query with segment id vq sees: key_mask set and, with segments, the same id.
+static inline __mmask16 visible16(__mmask16 m, const uint8_t* kmask, const int32_t* kseg, __m512i vq) {
+  const __m128i km8 = _mm_maskz_loadu_epi8(m, kmask);
+  __mmask16 vis = _mm_test_epi8_mask(km8, km8) & m;
+  if (kseg) vis &= _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, kseg), vq);
+  return vis;
+}
+
 // Softmax of one row s[0:Lk] in place, keys visible where kmask[j] && (qseg == kseg[j]) (kseg may be null).
 static inline void softmax_row(float* s, int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg) {
   __m512 mx = _mm512_set1_ps(kMin);
   const __m512 vmin = _mm512_set1_ps(kMin);
   const __m512i vq = _mm512_set1_epi32(qseg);
   for (int j = 0; j < Lk; j += 16) {
-    const __mmask16 m = lo_mask(Lk - j);
-    __m128i km8 = _mm_maskz_loadu_epi8(m, kmask + j);
-    __mmask16 vis = _mm_test_epi8_mask(km8, km8) & m;
-    if (kseg) vis &= _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, kseg + j), vq);
+    const __mmask16 m = lo_mask(Lk - j), vis = visible16(m, kmask + j, kseg ? kseg + j : nullptr, vq);
     __m512 x = _mm512_mask_blend_ps(vis, vmin, _mm512_maskz_loadu_ps(m, s + j));
     _mm512_mask_storeu_ps(s + j, m, x);
     mx = _mm512_mask_max_ps(mx, m, mx, x);
@@ -209,15 +172,12 @@ static void fwd_head(const Dims& d, int b, int h, const float* q, const float* k
   }
   _mm_sfence();
 }
+
 // 1 where row i of the query block sees at least one key.
 static inline bool row_sees_any(int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg) {
   const __m512i vq = _mm512_set1_epi32(qseg);
   for (int j = 0; j < Lk; j += 16) {
-    const __mmask16 m = lo_mask(Lk - j);
-    __m128i km8 = _mm_maskz_loadu_epi8(m, kmask + j);
-    __mmask16 vis = _mm_test_epi8_mask(km8, km8) & m;
-    if (kseg) vis &= _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, kseg + j), vq);
-    if (vis) return true;
+    if (visible16(lo_mask(Lk - j), kmask + j, kseg ? kseg + j : nullptr, vq)) return true;
   }
   return false;
 }
@@ -278,23 +238,33 @@ void parallel_for(ffi::ThreadPool& pool, int n, F fn) {
   while (st->done.load() < n) std::this_thread::yield();
 }
 
-ffi::Error check(const ffi::Buffer<ffi::F32>& x, const char* name, int64_t B, int64_t L, int64_t H, int64_t D) {
-  auto d = x.dimensions();
-  if (d.size() != 4 || d[0] != B || d[1] != L || d[2] != H || d[3] != D)
-    return ffi::Error::InvalidArgument(std::string("cpu_attention: ") + name + " has the wrong shape");
+using F32 = ffi::Buffer<ffi::F32>;
+using Pred = ffi::Buffer<ffi::PRED>;
+using S32 = ffi::Buffer<ffi::S32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+
+// Dims from q [B, Lq, H, D] and k [B, Lk, H, D]; the error names the operand whose shape disagrees.
+ffi::Error decode(const F32& q, const F32& k, std::initializer_list<std::pair<const char*, const F32*>> like_q,
+                  std::initializer_list<std::pair<const char*, const F32*>> like_k, Dims* d) {
+  auto qd = q.dimensions(), kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("cpu_attention: q, k must be [B, L, H, D]");
+  *d = Dims{(int)qd[0], (int)qd[1], (int)kd[1], (int)qd[2], (int)qd[3]};
+  for (auto [lists, len] : {std::pair{like_q, d->Lq}, std::pair{like_k, d->Lk}})
+    for (auto [name, x] : lists) {
+      auto xd = x->dimensions();
+      if (xd.size() != 4 || xd[0] != d->B || xd[1] != len || xd[2] != d->H || xd[3] != d->D)
+        return ffi::Error::InvalidArgument(std::string("cpu_attention: ") + name + " has the wrong shape");
+    }
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                   ffi::Buffer<ffi::PRED> key_mask, ffi::Buffer<ffi::S32> key_seg, ffi::Buffer<ffi::S32> query_seg,
-                   ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> p) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("cpu_attention: q, k must be [B, L, H, D]");
-  const Dims d{(int)qd[0], (int)qd[1], (int)kd[1], (int)qd[2], (int)qd[3]};
-  if (auto e = check(k, "k", d.B, d.Lk, d.H, d.D); e.failure()) return e;
-  if (auto e = check(v, "v", d.B, d.Lk, d.H, d.D); e.failure()) return e;
+const uint8_t* bytes(const Pred& x) { return reinterpret_cast<const uint8_t*>(x.typed_data()); }
+
+ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, Pred key_mask, S32 key_seg, S32 query_seg, Out o, Out p) {
+  Dims d;
+  if (auto e = decode(q, k, {}, {{"k", &k}, {"v", &v}}, &d); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
-  const uint8_t* km = reinterpret_cast<const uint8_t*>(key_mask.typed_data());
+  const uint8_t* km = bytes(key_mask);
   const int32_t *ks = key_seg.typed_data(), *qs = query_seg.typed_data();
   float *op = o->typed_data(), *pp = p->typed_data();
   parallel_for(pool, d.B * d.H, [=](int t) {
@@ -306,18 +276,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                    ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> dout, ffi::Buffer<ffi::F32> p,
-                    ffi::Buffer<ffi::PRED> key_mask, ffi::Buffer<ffi::S32> key_seg, ffi::Buffer<ffi::S32> query_seg,
-                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
-  auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("cpu_attention: q, k must be [B, L, H, D]");
-  const Dims d{(int)qd[0], (int)qd[1], (int)kd[1], (int)qd[2], (int)qd[3]};
-  if (auto e = check(o, "o", d.B, d.Lq, d.H, d.D); e.failure()) return e;
-  if (auto e = check(dout, "dout", d.B, d.Lq, d.H, d.D); e.failure()) return e;
+ffi::Error Backward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o, F32 dout, F32 p, Pred key_mask, S32 key_seg,
+                    S32 query_seg, Out dq, Out dk, Out dv) {
+  Dims d;
+  if (auto e = decode(q, k, {{"o", &o}, {"dout", &dout}}, {{"v", &v}}, &d); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data(), *opp = o.typed_data(),
               *dop = dout.typed_data(), *pp = p.typed_data();
-  const uint8_t* km = reinterpret_cast<const uint8_t*>(key_mask.typed_data());
+  const uint8_t* km = bytes(key_mask);
   const int32_t *ks = key_seg.typed_data(), *qs = query_seg.typed_data();
   float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
   parallel_for(pool, d.B * d.H, [=](int t) {
@@ -332,29 +297,10 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RjCpuAttentionFwd, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<Pred>().Arg<S32>().Arg<S32>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RjCpuAttentionBwd, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<F32>().Arg<F32>().Arg<Pred>().Arg<S32>().Arg<S32>()
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
