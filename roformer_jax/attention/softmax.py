@@ -22,7 +22,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
@@ -30,6 +29,7 @@ from roformer_jax import rope as rope_lib
 from roformer_jax.attention import AttentionMask, register
 from roformer_jax.kernels import cpu_attention
 from roformer_jax.matmul import swap_minor, transpose_copy
+from roformer_jax.train import sharding
 
 _MIN = float(jnp.finfo(jnp.float32).min)
 
@@ -100,6 +100,11 @@ def _from_heads(g: jax.Array, rope: tuple[jax.Array, jax.Array] | None, dtype, p
   return g.astype(dtype)
 
 
+def _zeros(ropes):
+  """The rope tables' cotangent: they are constants of the model (positions), not trained."""
+  return jax.tree_util.tree_map(jnp.zeros_like, ropes)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _attend(q, k, v, visible, ropes, keep, rate):
   # Not differentiated (inference, evaluation): the reference's own forward, which XLA:CPU runs up to
@@ -149,8 +154,7 @@ def _attend_bwd(rate, res, dout):
   dqh = jnp.einsum("bhlm,bhmd->bhld", ds.astype(kh.dtype), kh, preferred_element_type=jnp.float32) * scale
   dkh = jnp.einsum("bhdl,bhlm->bhdm", swap_minor(qh), ds.astype(qh.dtype), preferred_element_type=jnp.float32)
   dq, dk = _from_heads(dqh, q_rope, qh.dtype), _from_heads(dkh, k_rope, kh.dtype, perm=(0, 3, 1, 2))
-  zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
-  return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, zeros(ropes), None
+  return dq, dk, dv.astype(vh.dtype).transpose(0, 3, 1, 2), None, _zeros(ropes), None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -177,8 +181,7 @@ def _attend_kernel_bwd(res, dout):
   dqh, dkh, dv = cpu_attention.backward(qh, kh, v, o, dout, p, key_mask, key_seg, query_seg)
   dq = _from_heads(dqh * (qh.shape[-1] ** -0.5), q_rope, qh.dtype, perm=(0, 1, 2, 3))
   dk = _from_heads(dkh, k_rope, kh.dtype, perm=(0, 1, 2, 3))
-  zeros = lambda t: None if t is None else jax.tree_util.tree_map(jnp.zeros_like, t)
-  return dq, dk, dv, None, None, None, zeros(ropes)
+  return dq, dk, dv, None, None, None, _zeros(ropes)
 
 
 _attend_kernel.defvjp(_attend_kernel_fwd, _attend_kernel_bwd)
@@ -223,16 +226,9 @@ def _per_shard(fn, q, k, v, key_mask, key_seg, query_seg, ropes):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return fn(q, k, v, key_mask, key_seg, query_seg, ropes)
-  batch, _, heads, _ = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
-
-  def fit(axes, n):  # the mesh axes that divide n (as sharding.fit_to_shapes; else that dim is whole)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    axes = tuple(a for a in axes if a in mesh.axis_names)
-    size = int(np.prod([mesh.shape[a] for a in axes]))
-    return (axes if len(axes) > 1 else axes[0]) if axes and n % size == 0 else None
-
-  b, h = fit(batch, q.shape[0]), fit(heads, q.shape[2])
-  x, m = P(b, None, h, None), P(b, None)
+  spec = sharding.fit_spec(nn.logical_to_mesh_axes(("batch", "length", "heads", "kv")), q.shape, mesh.shape)
+  b, h = spec[0], spec[2]
+  x, m = P(b, None, h, None), P(b, None)  # every key and the whole head dim on each shard
   rope_specs = jax.tree_util.tree_map(lambda t: P(b if t.shape[0] == q.shape[0] else None), ropes)
   return jax.shard_map(fn, in_specs=(x, x, x, m, m, m, rope_specs), out_specs=x, check_vma=False)(
       q, k, v, key_mask, key_seg, query_seg, ropes)

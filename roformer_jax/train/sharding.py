@@ -67,18 +67,24 @@ def logical_to_sharding(specs: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
+def fit_spec(spec: P, shape: Sequence[int], mesh_shape: Any) -> P:
+  """`spec` for an array of `shape`, with a dim's mesh axes dropped where their size does not divide it
+  (that dim is then whole). `mesh_shape`: mesh axis name -> size (a mesh's `.shape`)."""
+  spec = list(spec) + [None] * (len(shape) - len(spec))
+  for i, axes in enumerate(spec):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh_shape[n] for n in names)
+    if size > 1 and shape[i] % size:
+      spec[i] = None
+  return P(*spec)
+
+
 def fit_to_shapes(shardings: Any, shapes: Any) -> Any:
   """Drops mesh axes from dims they do not divide (e.g. a 1895-row vocab over tensor=4): that dim
   is then replicated instead of failing. Trees of NamedShardings and of arrays/ShapeDtypeStructs."""
 
   def fit(sharding: NamedSharding, x) -> NamedSharding:
-    spec = list(sharding.spec) + [None] * (len(x.shape) - len(sharding.spec))
-    for i, axes in enumerate(spec):
-      names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-      size = math.prod(sharding.mesh.shape[n] for n in names)
-      if size > 1 and x.shape[i] % size:
-        spec[i] = None
-    return NamedSharding(sharding.mesh, P(*spec))
+    return NamedSharding(sharding.mesh, fit_spec(sharding.spec, x.shape, sharding.mesh.shape))
 
   return jax.tree_util.tree_map(fit, shardings, shapes, is_leaf=lambda x: isinstance(x, NamedSharding))
 
