@@ -8,6 +8,7 @@ from typing import Any
 VERSIONS = ("v1", "v2")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots")
+MATMUL_PRECISIONS = ("auto", "default", "high", "highest")
 
 
 def known_attention() -> list[str]:
@@ -56,6 +57,12 @@ class ModelConfig:
   # XLA re-fuses the recomputation away); see docs/BENCHMARKS.md, attention variants.
   scan_layers: bool = False
   remat: str = "none"
+  # Precision of every matmul in the model, every attention variant alike (jax.default_matmul_precision).
+  # "auto" (the default): "highest" when dtype is float32, so float32 means float32 on every platform (GPUs
+  # otherwise run float32 dots as TF32, ~4e-4 from the reference; TPUs as bf16 passes), and "default" for
+  # bfloat16, whose operands are bf16 anyway (products accumulate in float32 either way). "default", "high"
+  # and "highest" are JAX's own levels, as given.
+  matmul_precision: str = "auto"
 
   def __post_init__(self):
     if self.version not in VERSIONS:
@@ -86,6 +93,9 @@ class ModelConfig:
       raise ConfigError(f"ModelConfig.dtype: unknown dtype {self.dtype!r}; expected one of {DTYPES}")
     if self.remat not in REMAT_POLICIES:
       raise ConfigError(f"ModelConfig.remat: unknown policy {self.remat!r}; expected one of {REMAT_POLICIES}")
+    if self.matmul_precision not in MATMUL_PRECISIONS:
+      raise ConfigError(f"ModelConfig.matmul_precision: unknown value {self.matmul_precision!r}; "
+                        f"expected one of {MATMUL_PRECISIONS}")
     if self.attention not in known_attention():
       raise ConfigError(f"ModelConfig.attention: unknown variant {self.attention!r}; known: {known_attention()}")
     if not 0 <= self.pad_token_id < self.vocab_size:
@@ -98,6 +108,13 @@ class ModelConfig:
   @property
   def embed_size(self) -> int:
     return self.embedding_size or self.hidden_size
+
+  @property
+  def precision(self) -> str:
+    """The JAX matmul precision this config resolves to (see `matmul_precision`)."""
+    if self.matmul_precision == "auto":
+      return "highest" if self.dtype == "float32" else "default"
+    return self.matmul_precision
 
   @property
   def use_bias(self) -> bool:

@@ -47,6 +47,14 @@ def _constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return nn.with_logical_constraint(x, axes)
 
 
+def matmul_precision(cfg: ModelConfig):
+  """The context every model (and head) traces its matmuls under: `cfg.matmul_precision`, resolved.
+
+  One switch for the weight matmuls and every attention variant alike; float32 stays float32 on GPUs and
+  TPUs (see ModelConfig.matmul_precision)."""
+  return jax.default_matmul_precision(cfg.precision)
+
+
 # ----------------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +289,12 @@ class RoFormerModel(nn.Module):
                *, position_ids: Array | None = None, segment_ids: Array | None = None,
                deterministic: bool = True, residual_scale: Array | float = 1.0,
                output_positions: Array | None = None) -> Array:
+    with matmul_precision(self.cfg):
+      return self._encode(input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
+                          residual_scale, output_positions)
+
+  def _encode(self, input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
+              residual_scale, output_positions):
     cfg = self.cfg
     batch, length = input_ids.shape
     if token_type_ids is None:
@@ -361,7 +375,8 @@ class RoFormerForMaskedLM(nn.Module):
     h = self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
                       segment_ids=segment_ids, deterministic=deterministic, residual_scale=residual_scale,
                       output_positions=masked_positions)
-    logits = self.mlm(h, self.roformer.embeddings)
+    with matmul_precision(self.cfg):
+      logits = self.mlm(h, self.roformer.embeddings)
     return _constrain(logits, ("batch", "length", "vocab"))
 
 

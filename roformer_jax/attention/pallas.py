@@ -28,9 +28,9 @@ _NN = (((1,), (0,)), ((), ()))  # a @ b
 
 
 def _dot(a, b, dims):
-  # float32 operands: ask for full precision (GPU dots would otherwise drop to TF32).
-  precision = jax.lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
-  return jax.lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+  # The precision is the model's (ModelConfig.matmul_precision, traced in as JAX's default), as for every
+  # other variant: float32 models get full float32 dots, not TF32.
+  return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
 
 
 def _halves(ref, rows, d):

@@ -12,7 +12,9 @@ On a 2-core CPU this makes the RoFormerV2-small train step ~6% faster (docs/BENC
 
 On an AVX-512 CPU, float32 attention without dropout instead runs the fused kernel of
 `roformer_jax.kernels.cpu_attention` (forward and backward, same maths, [B, L, H, D] in and out), which
-makes that step a further 4% (seq 128) to 8% (seq 512) faster; `implementation="xla"` opts out.
+makes that step a further 4% (seq 128) to 8% (seq 512) faster. On an NVIDIA GPU, bf16 attention without
+dropout runs cuDNN's flash attention (`dot_product.cudnn_attention`: packed documents, query subsets and
+rows that see no key as here). Both are staged per platform; `implementation="xla"` opts out of both.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from roformer_jax import rope as rope_lib
-from roformer_jax.attention import AttentionMask, register
+from roformer_jax.attention import AttentionMask, dot_product, register
 from roformer_jax.kernels import cpu_attention
 from roformer_jax.matmul import swap_minor, transpose_copy
 from roformer_jax.train import sharding
@@ -204,20 +206,27 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionM
   (q may be a subset of the positions, as there).
 
   implementation="auto" runs float32 attention without dropout through the fused CPU kernel when the
-  program runs on a CPU with AVX-512 (`roformer_jax.kernels.cpu_attention`); "xla" never does. Other
-  platforms always get the XLA path."""
+  program runs on a CPU with AVX-512 (`roformer_jax.kernels.cpu_attention`), and bf16 attention without
+  dropout through cuDNN on NVIDIA GPUs (where JAX has cuDNN); "xla" never does. Other platforms (TPU)
+  always get the XLA path."""
   keep = _keep_mask(q, k, dropout_rate, dropout_rng, deterministic)
   ropes = _ropes(rope, query_rope)
   xla = lambda q, k, v: _attend(q, k, v, mask.dense(), ropes, keep, float(dropout_rate))
-  if not _kernel_applies(q, k, v, mask, keep, implementation):
+  branches = {}
+  if _kernel_applies(q, k, v, mask, keep, implementation):
+    key_seg = mask.segment_ids
+    query_seg = key_seg if mask.query_segment_ids is None else mask.query_segment_ids
+    if key_seg is None:
+      key_seg, query_seg = (jnp.zeros(x.shape[:2], jnp.int32) for x in (k, q))
+    branches["cpu"] = lambda q, k, v: _per_shard(_attend_kernel, q, k, v, mask.key_mask.astype(bool),
+                                                 key_seg.astype(jnp.int32), query_seg.astype(jnp.int32), ropes)
+  if implementation == "auto" and dot_product.cudnn_applies(q, dropout=keep is not None):
+    # NVIDIA GPUs, bf16: cuDNN's flash attention, the same function (packed documents and query subsets
+    # included), without XLA's passes over [B, H, L, L] float32 scores.
+    branches["cuda"] = lambda q, k, v: dot_product.cudnn_attention(q, k, v, mask, rope=rope, query_rope=query_rope)
+  if not branches:
     return xla(q, k, v)
-  key_seg = mask.segment_ids
-  query_seg = key_seg if mask.query_segment_ids is None else mask.query_segment_ids
-  if key_seg is None:
-    key_seg, query_seg = (jnp.zeros(x.shape[:2], jnp.int32) for x in (k, q))
-  kernel = lambda q, k, v: _per_shard(_attend_kernel, q, k, v, mask.key_mask.astype(bool),
-                                      key_seg.astype(jnp.int32), query_seg.astype(jnp.int32), ropes)
-  return lax.platform_dependent(q, k, v, cpu=kernel, default=xla)
+  return lax.platform_dependent(q, k, v, default=xla, **branches)
 
 
 def _per_shard(fn, q, k, v, key_mask, key_seg, query_seg, ropes):

@@ -119,7 +119,11 @@ def build(variant: str, n: int, mode: str, base: ModelConfig, batch: int, option
   if not variant.startswith("layer:"):
     fn = attn.get_attention(variant)
     kwargs = dict(options.get(variant, {}))
-    core = lambda q, k, v: fn(q, k, v, mask, rope=rope, **kwargs)
+
+    def core(q, k, v):  # under the model's matmul precision, as inside the encoder
+      with jax.default_matmul_precision(base.precision):
+        return fn(q, k, v, mask, rope=rope, **kwargs)
+
     shape = jax.ShapeDtypeStruct((batch, n, base.num_heads, base.head_size), dtype)
     if mode == "fwd":
       return jax.jit(core), (shape,) * 3
@@ -169,9 +173,11 @@ def measure(variant, n, mode, base, batch, options, repeats, mem_budget, cell_bu
   try:
     fn, shapes = build(variant, n, mode, base, batch, options)
     compiled = fn.lower(*shapes).compile()
-  except (ValueError, TypeError, NotImplementedError) as e:
+  except Exception as e:  # noqa: BLE001  a refusal at trace, lowering or compile time (a variant's own check,
+    # a missing library such as cuDNN, or the compiler rejecting a shape) is this cell's result, not the sweep's end
     row["status"] = "unsupported"
-    print(f"  {variant} n={n} {mode}: unsupported ({str(e).splitlines()[0][:120]})", flush=True)
+    why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    print(f"  {variant} n={n} {mode}: unsupported ({type(e).__name__}: {why[:160]})", flush=True)
     return row
   mem = compiled.memory_analysis()
   row["flops_xla"], row["temp_bytes"] = _cost_flops(compiled), int(mem.temp_size_in_bytes)

@@ -2,6 +2,14 @@
 
   python -m roformer_jax.bench train --preset roformer_v2_small --seq 128 --batch 8 [--peers roformer,transformers,flax]
 
+  python -m roformer_jax.bench train --preset roformer_v2_base --seq 512 --batch 32 --dtype bfloat16 \
+      --ours softmax,softmax:xla,softmax/scan --peers roformer,roformer-compile   # on a GPU
+
+`--ours` lists our variants, each `attention[:implementation][/scan][/remat=full|dots]`; the first is the
+main row. On a GPU the PyTorch peers run on CUDA (fused AdamW, bf16 autocast with `--dtype bfloat16`), `-compile`
+peers under `torch.compile`, and each row gets its peak device memory; MFU is then against the device's
+spec bf16 peak (`mfu`), and against a matmul measured in this process (`mfu_measured_peak`).
+
 `tokens_per_s` is the full step: forward, backward and optimiser update (AdamW for everyone).
 `mfu` is analytic model FLOPs (non-causal attention, gathered MLM head; roformer_jax.train.flops)
 over the step time and `peak_gflops`, a matmul in the compute dtype (`--dtype`; bf16 operands
@@ -39,6 +47,22 @@ def _batch(cfg, batch, seq, preds, seed=0):
               masked_positions=masked, masked_labels=labels, masked_weights=np.ones(masked.shape, np.float32))
 
 
+def parse_variant(spec: str, cfg):
+  """'softmax:xla/scan/remat=full' -> cfg with attention, its implementation, scan_layers and remat set."""
+  head, *flags = spec.split("/")
+  name, _, impl = head.partition(":")
+  changes = dict(attention=name, attention_options=(("implementation", impl),) if impl else ())
+  for flag in flags:
+    key, _, value = flag.partition("=")
+    if key == "scan" and not value:
+      changes["scan_layers"] = True
+    elif key == "remat" and value:
+      changes["remat"] = value
+    else:
+      raise ValueError(f"--ours {spec!r}: unknown flag {flag!r} (expected scan or remat=full|dots)")
+  return cfg.replace(**changes)
+
+
 def setup_ours(cfg, batch, seq, preds) -> Callable[[], None]:
   """Our full train step on a fixed batch, compiled; the closure runs one step and blocks."""
   import flax.linen as nn
@@ -67,58 +91,71 @@ def setup_ours(cfg, batch, seq, preds) -> Callable[[], None]:
     return run
 
 
-def _torch_step(model, batch, seq, preds, vocab, dtype="float32") -> Callable[[], None]:
+def _torch_device() -> str:
+  """CUDA when JAX runs on a GPU and torch sees one (both sides on the same device); else the CPU."""
+  import jax
   import torch
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def _torch_step(model, batch, seq, preds, vocab, dtype="float32", compiled=False) -> Callable[[], None]:
+  import torch
+  device = _torch_device()
   b = _batch(type("C", (), {"vocab_size": vocab})(), batch, seq, preds)
-  ids = torch.tensor(b["input_ids"], dtype=torch.long)
+  ids = torch.tensor(b["input_ids"], dtype=torch.long, device=device)
   labels = torch.full_like(ids, -100)
-  labels.scatter_(1, torch.tensor(b["masked_positions"], dtype=torch.long), torch.tensor(b["masked_labels"],
-                                                                                          dtype=torch.long))
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  labels.scatter_(1, torch.tensor(b["masked_positions"], dtype=torch.long, device=device),
+                  torch.tensor(b["masked_labels"], dtype=torch.long, device=device))
+  model = model.to(device)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=device == "cuda")
   model.train()
+  forward = torch.compile(model) if compiled else model
 
   # float32 master weights and optimiser either way; bfloat16 matmuls under autocast.
-  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def run():
     opt.zero_grad(set_to_none=True)
     with autocast:
-      loss = model(input_ids=ids, labels=labels).loss
+      loss = forward(input_ids=ids, labels=labels).loss
     loss.backward()
     opt.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   return run
 
 
-def _peer_kwargs(cfg):
+def _peer_kwargs(cfg, seq=0):
   return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-              max_position_embeddings=4096, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+              max_position_embeddings=max(4096, seq), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def setup_roformer_port(cfg, batch, seq, preds):
+def setup_roformer_port(cfg, batch, seq, preds, compiled=False):
   import torch
   from roformer import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
   extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
-  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg), **extra)), batch, seq, preds,
-                     cfg.vocab_size, cfg.dtype)
+  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg, seq), **extra)), batch, seq, preds,
+                     cfg.vocab_size, cfg.dtype, compiled)
 
 
-def setup_transformers(cfg, batch, seq, preds):
+def setup_transformers(cfg, batch, seq, preds, compiled=False):
   import torch
   from transformers import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
-  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg))), batch, seq, preds, cfg.vocab_size,
-                     cfg.dtype)
+  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg, seq))), batch, seq, preds,
+                     cfg.vocab_size, cfg.dtype, compiled)
 
 
-def setup_transformers_flax(cfg, batch, seq, preds):
+def setup_transformers_flax(cfg, batch, seq, preds, compiled=False):
+  del compiled  # jitted either way
   import jax
   import optax
   from transformers import FlaxRoFormerForMaskedLM, RoFormerConfig
   import jax.numpy as jnp
-  model = FlaxRoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg)), seed=0, dtype=jnp.dtype(cfg.dtype))
+  model = FlaxRoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg, seq)), seed=0, dtype=jnp.dtype(cfg.dtype))
   b = _batch(cfg, batch, seq, preds)
   labels = np.full(b["input_ids"].shape, -100, np.int32)
   np.put_along_axis(labels, b["masked_positions"], b["masked_labels"], 1)
@@ -147,8 +184,16 @@ def setup_transformers_flax(cfg, batch, seq, preds):
 
 
 PEERS = {"roformer": ("roformer PyTorch v2/v1 port", setup_roformer_port),
+         "roformer-compile": ("roformer PyTorch v2/v1 port, torch.compile", setup_roformer_port),
          "transformers": ("transformers PyTorch v1", setup_transformers),
+         "transformers-compile": ("transformers PyTorch v1, torch.compile", setup_transformers),
          "flax": ("transformers Flax v1", setup_transformers_flax)}
+
+
+def _peak_gib_jax() -> float | None:
+  import jax
+  stats = jax.devices()[0].memory_stats() or {}
+  return round(stats["peak_bytes_in_use"] / 2**30, 2) if "peak_bytes_in_use" in stats else None
 
 
 def main(argv=None) -> None:
@@ -159,9 +204,13 @@ def main(argv=None) -> None:
   p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.15 * seq)")
   p.add_argument("--repeats", type=int, default=5, help="timed steps per implementation per round")
   p.add_argument("--rounds", type=int, default=5, help="rounds; each times every implementation in turn")
-  p.add_argument("--peers", default="", help="comma list of roformer,transformers,flax (default: none)")
+  p.add_argument("--ours", default="softmax",
+                 help="our variants, comma list of attention[:implementation][/scan][/remat=full|dots]; the first "
+                      "is the main row")
+  p.add_argument("--peers", default="", help=f"comma list of {','.join(PEERS)} (default: none)")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype for everyone (params and optimiser stay float32)")
+  p.add_argument("--profile", default="", help="after timing, trace 3 steps of the main variant into this dir")
   a = p.parse_args(argv)
   if a.rounds < 1 or a.repeats < 1:
     p.error("--rounds and --repeats must be at least 1")
@@ -176,40 +225,86 @@ def main(argv=None) -> None:
   from roformer_jax.train import flops
 
   cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, dtype=a.dtype)
+  try:
+    variants = {spec: parse_variant(spec, cfg) for spec in a.ours.split(",") if spec}
+  except (ValueError, rj.config.ConfigError) as e:
+    p.error(str(e))
+  if not variants:
+    p.error("--ours: give at least one variant")
   preds = a.predictions or math.ceil(0.15 * a.seq)
   dtype = jnp.dtype(a.dtype)
   tokens = a.batch * a.seq
-  peak = flops.measure_matmul_peak(dtype)
-  runs = {"ours": setup_ours(cfg, a.batch, a.seq, preds)}
-  labels, failed = {}, {}
+  accelerator = jax.default_backend() != "cpu"
+  peak = flops.measure_matmul_peak(dtype, n=8192 if accelerator else 2048)
+  runs, labels, failed, peak_mem = {}, {}, {}, {}
+  for spec, vcfg in variants.items():
+    key = "ours" if not runs else f"ours:{spec}"
+    try:
+      runs[key] = setup_ours(vcfg, a.batch, a.seq, preds)
+      runs[key]()
+    except Exception as e:  # noqa: BLE001 -- a variant that cannot compile here is reported, not fatal
+      if key == "ours":
+        raise
+      runs.pop(key, None)
+      failed[key] = f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+  peak_mem["ours"] = _peak_gib_jax()
   for name in peer_names:
     label, setup = PEERS[name]
     # The v1 peers run RoFormer v1 at the preset's shapes (transformers has no RoFormerV2).
-    pcfg = cfg if name == "roformer" else cfg.replace(version="v1")
+    pcfg = cfg if name.startswith("roformer") else cfg.replace(version="v1")
     try:
-      run = setup(pcfg, a.batch, a.seq, preds)
+      if _torch_device() == "cuda" and name != "flax":
+        import torch
+        torch.cuda.reset_peak_memory_stats()
+      run = setup(pcfg, a.batch, a.seq, preds, compiled=name.endswith("-compile"))
       run()  # a peer that fails, fails here, before any timing
       runs[name], labels[name] = run, label
+      if _torch_device() == "cuda" and name != "flax":
+        peak_mem[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     except Exception as e:  # noqa: BLE001 -- report a peer that does not run, don't hide it
       failed[label] = f"failed: {type(e).__name__}: {str(e)[:200]}"
   times = interleaved_times(runs, a.rounds, a.repeats)
-  peak = max(peak, flops.measure_matmul_peak(dtype))  # before and after: the higher (conservative MFU)
+  if a.profile:
+    jax.profiler.start_trace(a.profile)
+    for _ in range(3):
+      runs["ours"]()
+    jax.profiler.stop_trace()
+  peak = max(peak, flops.measure_matmul_peak(dtype, n=8192 if accelerator else 2048))  # the higher: conservative
+  spec_peak, spec_source = flops.device_peak(a.dtype)
+  denominator = spec_peak if accelerator else peak
 
   step = {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
-  t = step["ours"]
-  result = {"impl": "roformer_jax", "preset": a.preset, "dtype": a.dtype, "seq": a.seq, "batch": a.batch,
-            "predictions": preds,
-            "tokens_per_s": round(tokens / t, 1), "step_ms": round(1e3 * t, 2),
-            "mfu": round(flops.train_flops(cfg, a.batch, a.seq, preds) / t / peak, 4),
+
+  def row(n, vcfg):
+    t = step[n]
+    f = flops.train_flops(vcfg, a.batch, a.seq, preds)
+    out = {"tokens_per_s": round(tokens / t, 1), "step_ms": round(1e3 * t, 2), "mfu": round(f / t / denominator, 4)}
+    if accelerator:
+      out["mfu_measured_peak"] = round(f / t / peak, 4)
+    return out
+
+  first = next(iter(variants))
+  result = {"impl": "roformer_jax", "variant": first, "preset": a.preset, "dtype": a.dtype, "seq": a.seq,
+            "batch": a.batch, "predictions": preds, **row("ours", variants[first]),
             "peak_gflops": round(peak / 1e9, 1), "rounds": a.rounds, "repeats": a.repeats,
-            "machine": machine(), "date": today(), "jax": jax.__version__}
+            "device": jax.devices()[0].device_kind if accelerator else machine(), "date": today(),
+            "jax": jax.__version__}
+  if accelerator:
+    result["mfu_denominator"] = spec_source
+  others = {spec: row(f"ours:{spec}", vcfg) for spec, vcfg in variants.items() if f"ours:{spec}" in step}
+  others.update({spec: failed[f"ours:{spec}"] for spec in variants if f"ours:{spec}" in failed})
+  if others:
+    result["variants"] = others
   peers = {labels[n]: round(tokens / step[n], 1) for n in labels}
-  peers.update(failed)
+  peers.update({k: v for k, v in failed.items() if not k.startswith("ours:")})
   if peers:
     result["peers_tokens_per_s"] = peers
+  if any(v is not None for v in peak_mem.values()):
+    result["peak_gib"] = {("ours (all variants)" if n == "ours" else labels.get(n, n)): v
+                          for n, v in peak_mem.items() if v is not None}
   if labels:
     # Medians over all rounds, and the same ratio round by round (how much the machine moved it).
-    result["ours_over_best_peer"] = round(min(step[n] for n in labels) / t, 2)
+    result["ours_over_best_peer"] = round(min(step[n] for n in labels) / step["ours"], 2)
     per_round = [min(statistics.median(times[n][r]) for n in labels) / statistics.median(times["ours"][r])
                  for r in range(a.rounds)]
     result["ours_over_best_peer_by_round"] = [round(x, 2) for x in per_round]
