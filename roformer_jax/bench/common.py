@@ -27,10 +27,15 @@ def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats:
   """Step times in seconds, [name][round][repeat]. Every round times each implementation in turn (the
   order rotates, and each turn starts with one untimed step), so a slow phase of a shared machine falls
   on all of them rather than on one. (On the 2-core VM of docs/BENCHMARKS.md, single steps of ours took
-  389 to 644 ms within one minute, with no other process of ours running.)"""
+  389 to 644 ms within one minute, with no other process of ours running.)
+
+  A run may carry a `drain()` attribute: it is called (untimed) after each implementation's turn, so that a
+  run which waits for its previous step rather than its own (see `bench.train`) leaves nothing in flight."""
+  drain = lambda run: getattr(run, "drain", lambda: None)()
   for run in runs.values():
     for _ in range(warmup):
       run()
+    drain(run)
   names = list(runs)
   times: dict[str, list[list[float]]] = {n: [] for n in names}
   for r in range(rounds):
@@ -41,6 +46,7 @@ def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats:
         t = time.perf_counter()
         runs[name]()
         ts.append(time.perf_counter() - t)
+      drain(runs[name])
       times[name].append(ts)
   return times
 
