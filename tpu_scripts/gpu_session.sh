@@ -16,23 +16,26 @@ fi
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv,noheader
 python3 -c "import jax, flax, torch; print('jax', jax.__version__, 'flax', flax.__version__, 'torch', torch.__version__, jax.devices())"
-bench() { python3 -m roformer_jax.bench --malloc=default "$@" 2>&1 | grep --line-buffered -v -E "^\s*$|GenerationMixin|trust_remote_code|owner of the model|^  - "; }
+# Each part's python runs directly under `timeout` (a process left running past its limit would hold the GPU
+# through the next part); its output is filtered line by line, so a part cut short keeps what it printed.
+quiet() { grep --line-buffered -v -E "^\s*$|GenerationMixin|trust_remote_code|owner of the model|^  - "; }
+bench() { local limit=$1; shift; timeout -k 5 "$limit" python3 -m roformer_jax.bench --malloc=default "$@" 2>&1 | quiet; }
 if [[ $parts == *,exact,* ]]; then
   echo "== exactness"
-  timeout ${GPU_EXACT_S:-150} bash -c "$(declare -f bench); bench exactness --cases ${GPU_CASES:-packed:2x512x12x64,subset:2x512x12x64,packed:1x4096x12x64} \
-    --variants ${GPU_VARIANTS:-softmax,softmax:xla,dot_product:cudnn,pallas}" | tee "$out/exactness.jsonl"
+  bench "${GPU_EXACT_S:-150}" exactness --cases ${GPU_CASES:-packed:2x512x12x64,subset:2x512x12x64,packed:1x4096x12x64} \
+    --variants "${GPU_VARIANTS:-softmax,softmax:xla,dot_product:cudnn,pallas}" | tee "$out/exactness.jsonl"
 fi
 if [[ $parts == *,train,* ]]; then
   echo "== train step, RoFormerV2-base, seq 512, batch 32, bf16"
-  timeout ${GPU_TRAIN_S:-300} bash -c "$(declare -f bench); bench train --preset ${GPU_PRESET:-roformer_v2_base} --seq ${GPU_SEQ:-512} --batch ${GPU_BATCH:-32} --dtype bfloat16 \
+  bench "${GPU_TRAIN_S:-300}" train --preset ${GPU_PRESET:-roformer_v2_base} --seq ${GPU_SEQ:-512} --batch ${GPU_BATCH:-32} --dtype bfloat16 \
     --rounds ${GPU_ROUNDS:-3} --repeats 10 --ours ${GPU_OURS:-softmax,softmax/scan,softmax:xla} --peers ${GPU_PEERS:-roformer,roformer-compile} \
-    --profile $out/profile" | tee "$out/train.jsonl"
+    --profile "$out/profile" | tee "$out/train.jsonl"
   find "$out/profile" -name "*.xplane.pb" -exec cp {} "$out/train.xplane.pb" \; ; rm -rf "$out/profile"
 fi
 if [[ $parts == *,long,* ]]; then
   echo "== longest sequence, batch 1, remat=full, scan"
   for n in ${GPU_LONG:-65536}; do
-    timeout 150 bash -c "$(declare -f bench); bench train --preset ${GPU_PRESET:-roformer_v2_base} --seq $n --batch 1 --dtype bfloat16 \
-      --rounds 1 --repeats 2 --ours softmax/scan/remat=full" | tee -a "$out/long.jsonl"
+    bench 150 train --preset ${GPU_PRESET:-roformer_v2_base} --seq $n --batch 1 --dtype bfloat16 \
+      --rounds 1 --repeats 2 --ours softmax/scan/remat=full | tee -a "$out/long.jsonl"
   done
 fi

@@ -47,6 +47,11 @@ def cudnn_applies(q: jax.Array, dropout: bool) -> bool:
   return (q.dtype in CUDNN_DTYPES and not dropout and d % 8 == 0 and d <= 128 and cudnn_available())
 
 
+def _flash(q, k, v, visible):
+  """cuDNN's kernel (a [B, 1, Lq, Lk] boolean mask becomes its additive bias, shared by the heads)."""
+  return jax.nn.dot_product_attention(q, k, v, mask=visible, implementation="cudnn")
+
+
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                     rope: tuple[jax.Array, jax.Array] | None = None,
                     query_rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
@@ -69,7 +74,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMas
     visible = jnp.pad(visible, ((0, 0), (0, 0), (0, 0), (0, pad_k)), constant_values=False)
   else:
     v_in = v
-  out = jax.nn.dot_product_attention(q, k, v_in, mask=visible, implementation="cudnn")[:, :lq]
+  out = _flash(q, k, v_in, visible)[:, :lq]
   # Rows that see no key: the reference's uniform average over every key, gradient to v alone.
   uniform = jnp.mean(v.astype(jnp.float32), axis=1, keepdims=True).astype(v.dtype)
   return jnp.where(sees_any, out, uniform)
