@@ -71,7 +71,8 @@ class PetTrainBatches:
                batch_size: int, seed: int, vocab_size: Optional[int] = None,
                max_predictions: Optional[int] = None):
     if tuple(labelled.label_names) != encoder.label_names:
-      raise ValueError(f"labelled data has labels {list(labelled.label_names)}, the encoder {list(encoder.label_names)}")
+      raise ValueError(f"labelled data has labels {list(labelled.label_names)}, "
+                       f"the encoder {list(encoder.label_names)}")
     if batch_size < 1:
       raise ConfigError(f"config.batch_size = {batch_size} must be >= 1")
     self.encoder, self.batch_size, self.seed = encoder, batch_size, seed

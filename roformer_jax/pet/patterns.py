@@ -133,7 +133,8 @@ class PetEncoder:
         raise ConfigError(f"{key}[{name!r}] must be a non-empty string, got {word!r}")
       ids = _token_ids(self.tokenizer, [word])[0]
       if unk in ids.tolist() or len(ids) == 0:
-        raise ConfigError(f"{key}[{name!r}] = {word!r} is not in the vocabulary (tokens {self.tokenizer.tokenize(word)})")
+        raise ConfigError(f"{key}[{name!r}] = {word!r} is not in the vocabulary "
+                          f"(tokens {self.tokenizer.tokenize(word)})")
       if len(ids) != width:
         raise ConfigError(f"{key}[{name!r}] = {word!r} is {len(ids)} tokens {self.tokenizer.tokenize(word)}, but the "
                           f"blank in {pattern_key} = {self.pattern.source!r} is {width} ({BLANK * width}); "
