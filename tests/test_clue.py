@@ -16,7 +16,7 @@ from finetune.clue import data as D
 from finetune.clue import tasks as T
 from roformer_jax import corpus, tokenization
 from roformer_jax.data import classify
-from roformer_jax.data.jsonl import DataError
+from roformer_jax.data.jsonl import DataError, write_jsonl
 
 WSC_TEXT = "马克告诉皮特许多关于他自己的谎言，皮特也把这些谎言写进了他的书里。他应该多怀疑。"
 WSC_TEXT2 = "裂开的伤口涂满尘土，里面有碎石子和木头刺，我小心翼翼把它们剔除出去。"
@@ -291,10 +291,20 @@ def test_submission_errors_write_nothing(clue_dir, tmp_path):
   with pytest.raises(ValueError, match="not a afqmc test split"):
     D.write_predictions("afqmc", D.read_split("afqmc", clue_dir / "afqmc_public", "dev"), [0], tmp_path)
   assert os.listdir(tmp_path) == []
-  # An existing submission is replaced whole.
+  # An existing submission is replaced whole; a writer that fails half-way leaves it as it was.
   (tmp_path / "afqmc_predict.json").write_text("old\n" * 10)
   D.write_predictions("afqmc", split, [1, 1], tmp_path)
-  assert (tmp_path / "afqmc_predict.json").read_text() == '{"id": "0", "label": "1"}\n{"id": "1", "label": "1"}\n'
+  new = '{"id": "0", "label": "1"}\n{"id": "1", "label": "1"}\n'
+  assert (tmp_path / "afqmc_predict.json").read_text() == new
+
+  def failing_rows():
+    yield {"id": "0", "label": "0"}
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    write_jsonl(tmp_path / "afqmc_predict.json", failing_rows())
+  assert (tmp_path / "afqmc_predict.json").read_text() == new
+  assert os.listdir(tmp_path) == ["afqmc_predict.json"]
 
 
 def test_recipes_are_the_reference_hyperparameters():

@@ -7,15 +7,15 @@
 
 Inputs, as the reference scripts build them (bojone/CLUE-bert4keras cc3c17e `load_data`):
 
-| task    | fields                                   | text_a                           | text_b     |
-|---------|------------------------------------------|----------------------------------|------------|
-| afqmc   | sentence1, sentence2, label "0"/"1"      | sentence1                        | sentence2  |
-| tnews   | sentence, label "100".."116" (15 codes)  | sentence (keywords unused)       | -          |
-| iflytek | sentence, label "0".."118"               | sentence                         | -          |
-| ocnli   | sentence1, sentence2, label (3 classes)  | sentence1                        | sentence2  |
-| cmnli   | as ocnli                                 | sentence1                        | sentence2  |
-| csl     | abst, keyword [..], label "0"/"1"        | "；".join(keyword) (U+FF1B)      | abst       |
-| cluewsc | text, target{span1/2_index/_text}, label | text with span1 as _x_, span2 as [y] | -      |
+| task    | fields                                   | text_a                               | text_b    |
+|---------|------------------------------------------|--------------------------------------|-----------|
+| afqmc   | sentence1, sentence2, label "0"/"1"      | sentence1                            | sentence2 |
+| tnews   | sentence, label "100".."116" (15 codes)  | sentence (keywords unused)           | -         |
+| iflytek | sentence, label "0".."118"               | sentence                             | -         |
+| ocnli   | sentence1, sentence2, label (3 classes)  | sentence1                            | sentence2 |
+| cmnli   | as ocnli                                 | sentence1                            | sentence2 |
+| csl     | abst, keyword [..], label "0"/"1"        | "；".join(keyword) (U+FF1B)          | abst      |
+| cluewsc | text, target{span1/2_index/_text}, label | text with span1 as _x_, span2 as [y] | -         |
 
 OCNLI/CMNLI lines whose label is not one of the three ("-": annotators disagreed) are dropped, as the
 reference does; each drop is listed in `Split.dropped`. Any other unusable line (invalid JSON, a missing
