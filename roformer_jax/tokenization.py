@@ -62,17 +62,21 @@ class Encoding:
     return len(self.ids)
 
 
-def _truncated_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-  """HF "longest_first": shorten the longer side first, then both alternately, b first on a tie
-  (bert4keras' `truncate_sequences` takes a first on a tie: one token's difference at most)."""
+TRUNCATIONS = ("longest_first", "bert4keras")
+
+
+def _truncated_lengths(len_a: int, len_b: int, budget: int, truncation: str = "longest_first") -> tuple[int, int]:
+  """Shorten the longer side first, then both alternately, from the right. On a tie HF "longest_first"
+  cuts b, bert4keras' `truncate_sequences` (argmax of the lengths) cuts a: one token's difference at most."""
   excess = len_a + len_b - budget
   if excess <= 0:
     return len_a, len_b
   first = min(excess, abs(len_a - len_b))
   rest = excess - first
+  a_cut, b_cut = (rest - rest // 2, rest // 2) if truncation == "bert4keras" else (rest // 2, rest - rest // 2)
   if len_a > len_b:
-    return len_a - first - rest // 2, len_b - (rest - rest // 2)
-  return len_a - rest // 2, len_b - first - (rest - rest // 2)
+    return len_a - first - a_cut, len_b - b_cut
+  return len_a - a_cut, len_b - first - b_cut
 
 
 class _Tokenizer(abc.ABC):
@@ -114,21 +118,27 @@ class _Tokenizer(abc.ABC):
     return [self.id_to_token(i) for i in self._pieces([text], offsets=False)[0][0].tolist()]
 
   def encode(self, text: str, text_pair: Optional[str] = None,
-             max_length: Optional[int] = None) -> Encoding:
+             max_length: Optional[int] = None, truncation: str = "longest_first") -> Encoding:
     """`[CLS] text [SEP] (text_pair [SEP])`, truncated to `max_length` tokens (specials included)."""
-    b = self.encode_batch([text], None if text_pair is None else [text_pair], max_length)
+    b = self.encode_batch([text], None if text_pair is None else [text_pair], max_length, truncation=truncation)
     n = int(b["attention_mask"].sum())
     return Encoding(b["input_ids"][0, :n].tolist(), b["token_type_ids"][0, :n].tolist(),
                     list(map(tuple, b["offsets"][0, :n].tolist())))
 
   def encode_batch(self, texts: Sequence[str], text_pairs: Optional[Sequence[str]] = None,
                    max_length: Optional[int] = None, pad_to: Optional[int] = None,
-                   return_offsets: bool = True) -> dict[str, np.ndarray]:
+                   return_offsets: bool = True, truncation: str = "longest_first") -> dict[str, np.ndarray]:
     """Encode like `encode` and right-pad with id 0 to the longest sequence (or to `pad_to`).
+
+    A pair longer than `max_length` loses tokens from the right of its longer text first;
+    `truncation` says which text loses one when they are equally long: "longest_first" (HF, b) or
+    "bert4keras" (a, as bert4keras' `Tokenizer.encode`, which the reference fine-tune scripts use).
 
     Returns int32 `input_ids`, `token_type_ids`, `attention_mask` [B, L] and, unless
     `return_offsets=False` (faster), `offsets` [B, L, 2].
     """
+    if truncation not in TRUNCATIONS:
+      raise ValueError(f"truncation={truncation!r}; expected one of {TRUNCATIONS}")
     texts, pairs = list(texts), None if text_pairs is None else list(text_pairs)
     if pairs is not None and len(pairs) != len(texts):
       raise ValueError(f"{len(texts)} texts but {len(pairs)} text_pairs")
@@ -139,7 +149,7 @@ class _Tokenizer(abc.ABC):
       raise ValueError(f"max_length={max_length} cannot hold the {n_special} special tokens")
     lengths = [(len(x[0]), len(y[0]) if b else 0) for x, y in zip(a, b or a)]
     if max_length is not None:
-      lengths = [_truncated_lengths(la, lb, max_length - n_special) for la, lb in lengths]
+      lengths = [_truncated_lengths(la, lb, max_length - n_special, truncation) for la, lb in lengths]
     longest = max((la + lb + n_special for la, lb in lengths), default=0)
     if pad_to is not None and longest > pad_to:
       raise ValueError(f"a sequence has {longest} tokens > pad_to={pad_to}; set max_length to truncate")

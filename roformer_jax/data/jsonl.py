@@ -1,0 +1,78 @@
+"""JSON-lines files: read with errors that name the file and line, write atomically.
+
+The datasets fine-tuning reads (CLUE and the like) are one JSON object per line. A line that cannot be
+used raises `DataError("path:line: why")`, so a user can open the file at the bad line; the field
+helpers say which field is missing or has the wrong type. `write_jsonl` writes a temp file in the
+same folder and renames it, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Iterable, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+class DataError(ValueError):
+  """A data line that cannot be used; the message starts with `file:line:`."""
+
+
+def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
+  """(1-based line number, object) for every non-blank line of `path`.
+
+  Raises DataError naming the file and line for invalid UTF-8, invalid JSON or a value that is not
+  an object, and FileNotFoundError naming the file if it does not exist.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      where = f"{path}:{n}"
+      try:
+        line = raw.decode("utf-8").strip()
+      except UnicodeDecodeError as e:
+        raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+      if not line:
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+      if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+      yield n, obj
+
+
+def field(obj: dict, key: str, types: Union[type, tuple[type, ...]], where: str) -> Any:
+  """obj[key], checked to be an instance of `types` (bool is never accepted as int); DataError otherwise."""
+  if key not in obj:
+    raise DataError(f"{where}: missing field {key!r} (found {sorted(obj)})")
+  value = obj[key]
+  types = types if isinstance(types, tuple) else (types,)
+  if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+    names = " or ".join(t.__name__ for t in types)
+    raise DataError(f"{where}: field {key!r} is {type(value).__name__} ({value!r:.40}), expected {names}")
+  return value
+
+
+def write_jsonl(path: PathLike, rows: Iterable[dict]) -> pathlib.Path:
+  """One compact JSON object per line (UTF-8, not ASCII-escaped), written atomically to `path`."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  return path

@@ -1,0 +1,76 @@
+"""bert4keras' AdaFactor and Tokenizer.encode, run for the fine-tuning tests (not a test module).
+
+`run(jobs, tmp)` runs this file as a script in a separate process (bert4keras needs TF_KERAS and
+TF_USE_LEGACY_KERAS before TensorFlow is imported; see bert4keras_logits.py) and returns its results:
+
+* {"adafactor": {"kwargs": {...}, "params": PATH.npz, "grads": PATH.npz}}: bert4keras `AdaFactor(**kwargs)`
+  applied to tf.Variables initialised from params.npz with grads.npz[name][t] at step t; returns
+  {name: [steps + 1, ...]} (the initial values, then the values after each step).
+* {"encode": {"vocab": PATH, "maxlen": int, "pairs": [[a, b or null], ...]}}: token ids of
+  `Tokenizer(vocab, do_lower_case=True).encode(a, b, maxlen=maxlen)` for each pair.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ENV = {
+    "TF_KERAS": "1",
+    "TF_USE_LEGACY_KERAS": "1",  # bert4keras 0.11.5 needs Keras 2 (tf-keras) on TF >= 2.16
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",  # plain float32 kernels
+    "CUDA_VISIBLE_DEVICES": "",
+}
+
+
+def run(jobs, tmp):
+  """Results of `jobs` (a list of the dicts above), from one bert4keras process."""
+  tmp = Path(tmp)
+  (tmp / "b4k_jobs.json").write_text(json.dumps(jobs))
+  proc = subprocess.run([sys.executable, __file__, str(tmp / "b4k_jobs.json"), str(tmp / "b4k_out.json")],
+                        env={**os.environ, **ENV}, capture_output=True, text=True, timeout=300)
+  if proc.returncode != 0:
+    raise RuntimeError(f"bert4keras failed:\n{proc.stderr[-4000:]}")
+  out = json.loads((tmp / "b4k_out.json").read_text())
+  return [{k: np.asarray(v, np.float32) for k, v in r.items()} if "adafactor" in j else r for j, r in zip(jobs, out)]
+
+
+def adafactor(job):
+  import tensorflow as tf
+  from bert4keras.backend import keras
+  # bert4keras 0.11.5 subclasses `keras.optimizers.Optimizer`, which was OptimizerV2 when it was
+  # written; tf-keras >= 2.11 renamed that class `optimizers.legacy.Optimizer`. Its AdaFactor code runs
+  # unchanged on the class it was written for.
+  keras.optimizers.Optimizer = keras.optimizers.legacy.Optimizer
+  from bert4keras.optimizers import AdaFactor
+  params, grads = np.load(job["params"]), np.load(job["grads"])
+  names = sorted(params.files)
+  variables = [tf.Variable(params[n], name=n) for n in names]
+  opt = AdaFactor(**job["kwargs"])
+  history = {n: [params[n]] for n in names}
+  for t in range(grads[names[0]].shape[0]):
+    opt.apply_gradients([(tf.constant(grads[n][t]), v) for n, v in zip(names, variables)])
+    for n, v in zip(names, variables):
+      history[n].append(v.numpy())
+  return {n: np.stack(h).tolist() for n, h in history.items()}
+
+
+def encode(job):
+  from bert4keras.tokenizers import Tokenizer
+  tok = Tokenizer(job["vocab"], do_lower_case=True)
+  return [tok.encode(a, b, maxlen=job["maxlen"])[0] for a, b in job["pairs"]]
+
+
+def main(jobs_file, out_file):
+  os.environ.update(ENV)
+  jobs = json.loads(Path(jobs_file).read_text())
+  out = [adafactor(j["adafactor"]) if "adafactor" in j else encode(j["encode"]) for j in jobs]
+  Path(out_file).write_text(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
