@@ -8,7 +8,7 @@ import pytest
 
 from roformer_jax.train import adafactor as A
 
-pytest.importorskip("bert4keras")
+import bert4keras  # noqa: E402,F401  (a test dependency: never skipped)
 import bert4keras_ref  # noqa: E402  (tests/ is on sys.path under pytest)
 
 STEPS = 6
@@ -146,3 +146,18 @@ def test_recipe_state_is_unfactored_and_jits():
   factored = A.adafactor(1e-3, min_dim_size_to_factor=128).init(params)[0]
   assert factored.v_row["emb"].shape == (1, 256) and factored.v_col["emb"].shape == (2000, 1)
   assert factored.v["kernel"].shape == (64, 64)  # 64 < 128: not factored
+
+
+def test_config_name_adafactor_is_the_clue_recipe():
+  """`optimizer.name = "adafactor"` (with b1 = 0.9) is the recipe `clue_adafactor` builds."""
+  import optax
+  from roformer_jax.train import adafactor as ada, optim
+  params = {"w": jnp.asarray(np.random.RandomState(0).randn(6, 5), jnp.float32)}
+  grads = [{"w": jnp.asarray(np.random.RandomState(s).randn(6, 5), jnp.float32)} for s in (1, 2)]
+  a = optim.make_optimizer("adafactor", optax.constant_schedule(5e-4), b1=0.9)
+  b = ada.clue_adafactor(5e-4)
+  sa, sb = a.init(params), b.init(params)
+  for g in grads:
+    ua, sa = a.update(g, sa, params)
+    ub, sb = b.update(g, sb, params)
+    np.testing.assert_array_equal(np.asarray(ua["w"]), np.asarray(ub["w"]))

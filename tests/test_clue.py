@@ -332,7 +332,7 @@ def test_recipes_are_the_reference_hyperparameters():
 def encoding_case(clue_dir, tmp_path_factory):
   """Examples of every task plus real review pairs, long enough to be truncated at maxlen 48; a char vocab
   from a part of the texts (so some chars are [UNK]); bert4keras' ids for them, and for a truncation grid."""
-  pytest.importorskip("bert4keras")
+  import bert4keras  # noqa: F401  (a test dependency: never skipped)
   import bert4keras_ref
   tmp = tmp_path_factory.mktemp("clue_encode")
   reviews = [x for _, x in zip(range(400), corpus.review_lines())]

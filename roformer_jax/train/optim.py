@@ -52,15 +52,20 @@ def decay_mask(params: Any, exclude: Sequence[str]) -> Any:
 
 def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
                    weight_decay: float = 0.01, decay_exclude: Sequence[str] = (),
-                   clip_norm: float = 0.0) -> optax.GradientTransformation:
-  """LAMB or AdamW with optional global-norm clipping; decay is masked by `decay_exclude` regexes."""
+                   clip_norm: float = 0.0, min_dim_size_to_factor: int = 10**6) -> optax.GradientTransformation:
+  """LAMB, AdamW or AdaFactor (bert4keras's, the CLUE baselines'; `roformer_jax.train.adafactor`) with optional
+  global-norm clipping; decay (LAMB, AdamW) is masked by `decay_exclude` regexes. AdaFactor takes b1 as its
+  momentum (0 for none) and no weight decay."""
   mask = (lambda p: decay_mask(p, decay_exclude)) if decay_exclude else None
-  if name == "lamb":
+  if name == "adafactor":
+    from roformer_jax.train import adafactor
+    tx = adafactor.adafactor(schedule, beta1=b1, min_dim_size_to_factor=min_dim_size_to_factor)
+  elif name == "lamb":
     tx = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   elif name == "adamw":
     tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   else:
-    raise ValueError(f"optimizer.name: unknown optimiser {name!r}; expected 'lamb' or 'adamw'")
+    raise ValueError(f"optimizer.name: unknown optimiser {name!r}; expected 'lamb', 'adamw' or 'adafactor'")
   if clip_norm and clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
   return tx
@@ -71,5 +76,6 @@ def from_config(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformatio
   schedule = make_schedule(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.decay, cfg.get("end_factor", 0.0),
                            cfg.get("points", None))
   tx = make_optimizer(cfg.name, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                      decay_exclude=tuple(cfg.get("decay_exclude", ())), clip_norm=cfg.get("clip_norm", 0.0))
+                      decay_exclude=tuple(cfg.get("decay_exclude", ())), clip_norm=cfg.get("clip_norm", 0.0),
+                      min_dim_size_to_factor=cfg.get("min_dim_size_to_factor", 10**6))
   return tx, schedule
