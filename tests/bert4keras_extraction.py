@@ -13,6 +13,10 @@ numpy arrays per job. Arrays travel as .npz files. Jobs:
 * {"kind": "layer", "layer": "GlobalPointer" | "EfficientGlobalPointer", "kwargs": {...}, "x", "mask",
   "weights": [names]}: the layer's output on x [B, L, D] with the boolean mask [B, L], after setting
   its weights (Keras order) from the named arrays -> {"scores"}.
+* {"kind": "rematch", "vocab": PATH, "texts": [...], "maxlen": int}: for each text, the reference scripts'
+  `start_mapping` / `end_mapping` ({first char: token}, {last char: token}) from
+  `Tokenizer(vocab, do_lower_case=True).rematch(text, tokenize(text, maxlen))` -> {"start{n}", "end{n}"}
+  as [char, token] rows.
 """
 
 import json
@@ -75,6 +79,16 @@ def _job(job, a):
   from bert4keras import backend, layers
   ner_loss, gplinker_loss = _reference_losses()
   kind = job["kind"]
+  if kind == "rematch":
+    from bert4keras.tokenizers import Tokenizer
+    tok, out = Tokenizer(job["vocab"], do_lower_case=True), {}
+    for n, text in enumerate(job["texts"]):
+      mapping = tok.rematch(text, tok.tokenize(text, maxlen=job["maxlen"]))
+      start = {j[0]: i for i, j in enumerate(mapping) if j}  # as every reference script builds them
+      end = {j[-1]: i for i, j in enumerate(mapping) if j}
+      out[f"start{n}"] = np.array(sorted(start.items()), np.int64).reshape(-1, 2)
+      out[f"end{n}"] = np.array(sorted(end.items()), np.int64).reshape(-1, 2)
+    return out
   if kind == "layer":
     layer = getattr(layers, job["layer"])(**job["kwargs"])
     x, mask = tf.constant(a["x"]), tf.constant(a["mask"].astype(bool))

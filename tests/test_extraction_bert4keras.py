@@ -1,8 +1,10 @@
-"""GlobalPointer / EfficientGlobalPointer heads and the multilabel losses against bert4keras itself.
+"""The extraction heads, losses and token <-> char mapping against bert4keras itself.
 
-One bert4keras process (tests/bert4keras_extraction.py) computes every reference value; tolerances
-are float32 round-off: 1e-5 relative + 1e-5 absolute on scores and losses (the two compute the same
-float32 formulas in a different order).
+GlobalPointer / EfficientGlobalPointer scores, the multilabel losses (and their gradients), the reference
+scripts' loss wrappers, and the scripts' start/end token maps (`Tokenizer.rematch`) against
+`spans.CharMap`. One bert4keras process (tests/bert4keras_extraction.py) computes every reference value;
+tolerances are float32 round-off: 1e-5 relative + 1e-5 absolute on scores, losses and gradients (the
+two compute the same float32 formulas in a different order); the token maps are equal.
 """
 
 import itertools
@@ -14,12 +16,16 @@ import numpy as np
 import pytest
 
 import bert4keras_extraction
-from roformer_jax import heads, losses
+from roformer_jax import heads, losses, tokenization
+from roformer_jax.extraction import spans
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 LAYER_SWITCHES = list(itertools.product([True, False], [True, False], [True, False]))  # rope, tril, bias
 B, L, D, H, HEAD = 2, 7, 16, 3, 8
 LENGTHS = (5, 7)  # the first example is padded
+REMATCH_TEXTS = ["2008年，iPhone 12在北京发布。", "Ｆｕｌｌ　width ＡＢＣ１２３ 与 Café!", "  前后  有空格 和 罕见字  ",
+                 "这是一个被截断的很长的句子，后面的实体不在了：北京。", "a-b_c (d) [e] 1.5%"]
+REMATCH_MAXLEN = 16
 
 
 def _mask():
@@ -126,6 +132,11 @@ def cases(tmp_path_factory):
   pairs[1, 2, 0] = [4, 4]
   jobs.append(dict(kind="gplinker_loss", y_true=pairs, y_pred=scores))
   ours.append(("gplinker_loss", pairs, scores, None))
+  root = tmp_path_factory.mktemp("vocab")
+  vocab = [t for t in tokenization.build_char_vocab(REMATCH_TEXTS, extra_words=["iphone"]) if t != "罕"]
+  tokenization.write_vocab(vocab, root / "vocab.txt")
+  jobs.append(dict(kind="rematch", vocab=str(root / "vocab.txt"), texts=REMATCH_TEXTS, maxlen=REMATCH_MAXLEN))
+  ours.append(("rematch", root / "vocab.txt", None, None))
   return list(zip(ours, bert4keras_extraction.run(jobs, tmp_path_factory.mktemp("b4k"))))
 
 
@@ -192,8 +203,8 @@ def test_heads_match_bert4keras_layers(cases, index):
   assert (ours[1][:, below] == losses.MASKED).all() == tril
 
 
-@pytest.mark.parametrize("index,fn", [(-2, "global_pointer_crossentropy"),
-                                      (-1, "sparse_global_pointer_crossentropy")])
+@pytest.mark.parametrize("index,fn", [(-3, "global_pointer_crossentropy"),
+                                      (-2, "sparse_global_pointer_crossentropy")])
 def test_loss_wrappers_match_reference_scripts(cases, index, fn):
   (_, y_true, scores, _), ref = cases[index]
   ours = getattr(losses, fn)(jnp.asarray(y_true), jnp.asarray(_finite(scores)))
@@ -226,3 +237,19 @@ def test_parameters_carry_logical_axes():
   assert egp["p_dense"]["kernel"] == jax.sharding.PartitionSpec("embed", "kv")
   assert egp["q_dense"]["kernel"] == jax.sharding.PartitionSpec("kv", "heads", None)
   assert egp["q_dense"]["bias"] == jax.sharding.PartitionSpec("heads", None)
+
+
+def test_char_map_matches_reference_rematch(cases):
+  """Our tokenizer's offsets give the scripts' start/end maps: which char spans align, and to which tokens
+  (multi-char tokens, [UNK], full-width, spaces, truncation)."""
+  (_, vocab, _, _), ref = cases[-1]
+  tok = tokenization.WordPieceTokenizer(vocab)
+  for n, text in enumerate(REMATCH_TEXTS):
+    cmap = spans.CharMap.from_offsets(np.asarray(tok.encode(text, max_length=REMATCH_MAXLEN).offsets))
+    want_start, want_end = dict(map(tuple, ref[f"start{n}"].tolist())), dict(map(tuple, ref[f"end{n}"].tolist()))
+    for a in range(len(text)):
+      for b in range(a, len(text)):
+        want = (want_start[a], want_end[b]) if a in want_start and b in want_end else None
+        assert cmap.token_span(a, b) == want, (text, a, b)
+    if n == 3:  # truncated: the end of the text maps to no token
+      assert max(want_end) < len(text) - 10 and cmap.token_span(len(text) - 3, len(text) - 2) is None

@@ -1,0 +1,1 @@
+"""Information extraction with GlobalPointer heads: NER, GPLinker relations and events (issue 14)."""
