@@ -20,6 +20,9 @@ GlobalPointer `dense` kernel [D, H, 2, d] (= Keras [D, H*2d]), bias [H, 2, d]; E
 `p_dense` kernel [D, 2d], bias [2d], `q_dense` kernel [2d, H, 2] (= Keras [2d, 2H]), bias [H, 2].
 `use_bias` defaults to True as in bert4keras; the RoFormerV2/CLUE scripts pass False and the encoder's
 initializer (`kernel_init`; bert4keras' default is lecun_normal).
+
+`GPLinkerRelation` and `GPLinkerEvent` are the three heads of GPLinker (finetune-spec §c.1, c.4) with the
+reference's switches per head.
 """
 
 from __future__ import annotations
@@ -140,3 +143,47 @@ class EfficientGlobalPointer(nn.Module):
     start_bias = jnp.transpose(bias[..., 1], (0, 2, 1))[:, :, :, None]  # [B, H, L, 1]
     scores = shared[:, None] + end_bias + start_bias
     return jnp.where(span_mask(mask, batch, length, self.tril_mask), scores, MASKED)
+
+
+def _pointer(efficient: bool):
+  return EfficientGlobalPointer if efficient else GlobalPointer
+
+
+class GPLinkerRelation(nn.Module):
+  """GPLinker's three relation heads (bojone/GPLinker duie_v1.py): entity (2 heads: subject, object; RoPE,
+  tril mask), head and tail (one head per predicate; no RoPE, no tril mask: (s_h, o_h) may have o_h < s_h).
+  Efficient GlobalPointers by default, as the final scripts. Returns (entity, head, tail) scores."""
+  predicates: int
+  head_size: int = 64
+  efficient: bool = True
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None) -> tuple[Array, Array, Array]:
+    kw = dict(head_size=self.head_size, use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init)
+    cls = _pointer(self.efficient)
+    return (cls(2, name="entity", **kw)(x, mask),
+            cls(self.predicates, rope=False, tril_mask=False, name="head", **kw)(x, mask),
+            cls(self.predicates, rope=False, tril_mask=False, name="tail", **kw)(x, mask))
+
+
+class GPLinkerEvent(nn.Module):
+  """GPLinker's three event heads (bojone/GPLinker duee_v1.py): argument (one head per (event type, role)
+  label, triggers included; RoPE, tril mask), head link and tail link (1 head each; no RoPE, tril mask).
+  Returns (argument, head, tail) scores."""
+  labels: int
+  head_size: int = 64
+  efficient: bool = True
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Optional[Array] = None) -> tuple[Array, Array, Array]:
+    kw = dict(head_size=self.head_size, use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init)
+    cls = _pointer(self.efficient)
+    return (cls(self.labels, name="argument", **kw)(x, mask),
+            cls(1, rope=False, name="head", **kw)(x, mask),
+            cls(1, rope=False, name="tail", **kw)(x, mask))

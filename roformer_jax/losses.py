@@ -117,3 +117,11 @@ def global_pointer_f1(y_true: Array, y_pred: Array) -> Array:
   y_true = jnp.asarray(y_true, jnp.float32)
   y_hat = (jnp.asarray(y_pred, jnp.float32) > 0).astype(jnp.float32)
   return 2 * jnp.sum(y_true * y_hat) / jnp.sum(y_true + y_hat)
+
+
+def gplinker_crossentropy(labels: tuple[Array, ...], scores: tuple[Array, ...]) -> Array:
+  """GPLinker's training loss: `sparse_global_pointer_crossentropy` of each of the three heads (entity or
+  argument, head, tail), summed with equal weights (the reference's Keras multi-output loss)."""
+  if len(labels) != len(scores):
+    raise ValueError(f"gplinker_crossentropy: {len(labels)} label arrays for {len(scores)} score arrays")
+  return sum(sparse_global_pointer_crossentropy(y, s) for y, s in zip(labels, scores))

@@ -192,9 +192,8 @@ def test_round_trip_entities_relations_events():
   triples = [("张三", "就读", "北京大学"), ("李四", "工作地", "北京"), ("王五", "就读", "北京")]
   rsets, dropped = spans.relation_label_sets(text, triples, cmap, predicates)
   assert dropped == 1  # 王五 is not in the text
-  assert rsets[1] == {(4, 7), (4, 5)}  # objects by FIRST occurrence: 北京 at char 3 (token 4)
-  rel = decode.decode_relations(_scores(rsets[:2], length), _scores(rsets[2:4], length), _scores(rsets[4:], length),
-                                cmap, list(predicates))
+  assert rsets[0][1] == {(4, 7), (4, 5)}  # objects by FIRST occurrence: 北京 at char 3 (token 4)
+  rel = decode.decode_relations(*(_scores(sets, length) for sets in rsets), cmap, list(predicates))
   got = [(text[s:e + 1], p, text[os:oe + 1]) for (s, e), p, (os, oe) in rel]
   assert sorted(got) == [("张三", "就读", "北京大学"), ("李四", "工作地", "北京")]
   assert metrics.triple_scores([got], [triples])["recall"] == pytest.approx(2 / 3)
@@ -204,11 +203,10 @@ def test_round_trip_entities_relations_events():
   events = [[("学习", decode.TRIGGER, "读书", 7), ("学习", "学生", "张三", 0), ("学习", "学校", "北京大学", 3)],
             [("工作", decode.TRIGGER, "工作", 15), ("工作", "地点", "北京", 13)]]
   esets, dropped = spans.event_label_sets(events, cmap, index)
-  assert dropped == 0 and esets[-2] == {(1, 4), (1, 8), (4, 8), (14, 16)}
-  pairs = spans.pair_labels([esets])
-  assert pairs.shape == (1, len(labels) + 2, 4, 2)  # the head link set has 4 pairs
-  ev = decode.decode_events(_scores(esets[:-2], length), _scores(esets[-2:-1], length), _scores(esets[-1:], length),
-                            cmap, labels)
+  assert dropped == 0 and esets[1] == [{(1, 4), (1, 8), (4, 8), (14, 16)}]
+  assert spans.pair_labels([esets[0]]).shape == (1, len(labels), 1, 2)
+  assert spans.pair_labels([esets[1]]).shape == (1, 1, 4, 2)  # the head link set has 4 pairs
+  ev = decode.decode_events(*(_scores(sets, length) for sets in esets), cmap, labels)
   assert metrics.event_scores([decode.event_texts(text, ev)], [events]) == pytest.approx(
       dict(event_f1=1, event_precision=1, event_recall=1, argument_f1=1, argument_precision=1, argument_recall=1))
 
@@ -248,3 +246,101 @@ def test_event_metrics_trigger_rule_and_dedup():
   m = metrics.event_scores(pred, gold)
   assert m["event_precision"] == pytest.approx(1.0) and m["event_recall"] == pytest.approx(0.5)
   assert m["argument_precision"] == pytest.approx(0.5) and m["argument_recall"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Labels -> heads + losses -> decode, trained: the pieces fit together
+# ------------------------------------------------------------------------------------------------
+def _fit(head, loss_fn, ids, mask, labels, steps=150):
+  """Trainable embeddings + `head` fitted to `labels` with Adam; returns the scores (numpy)."""
+  import flax.linen as nn
+  import jax
+  import optax
+
+  class Model(nn.Module):
+    head: nn.Module
+
+    @nn.compact
+    def __call__(self, ids, mask):
+      return self.head(nn.Embed(int(ids.max()) + 1, 32)(ids), mask)
+
+  model = Model(head)
+  params = model.init(jax.random.PRNGKey(0), ids, mask)
+  opt = optax.adam(3e-2)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(params, state):
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(labels, model.apply(p, ids, mask)))(params)
+    updates, state = opt.update(grads, state)
+    return optax.apply_updates(params, updates), state, loss
+
+  for _ in range(steps):
+    params, state, loss = step(params, state)
+  assert np.isfinite(loss)
+  return jax.tree_util.tree_map(np.asarray, model.apply(params, ids, mask))
+
+
+def _synthetic(rng, batch=4, max_chars=12):
+  """Texts of distinct characters (first occurrence = the only one) with char-level encodings, padded."""
+  chars = [chr(0x4E00 + i) for i in rng.permutation(200)[:batch * max_chars]]
+  lengths = rng.integers(max_chars // 2, max_chars + 1, batch)
+  texts = ["".join(chars[b * max_chars:b * max_chars + n]) for b, n in enumerate(lengths)]
+  length = max_chars + 2
+  cmaps = [_char_cmap(len(t), length) for t in texts]
+  ids = np.zeros((batch, length), np.int32)
+  for b, t in enumerate(texts):
+    ids[b, :len(t) + 2] = [1] + [2 + chars.index(c) for c in t] + [1]  # distinct: a span (i, i) has relative
+    # position 0, so two tokens with one embedding would get one score
+  return texts, cmaps, ids, ids > 0
+
+
+def _spans(rng, n_chars, k):
+  out = set()
+  while len(out) < k:
+    s = int(rng.integers(0, n_chars))
+    out.add((s, int(min(n_chars - 1, s + rng.integers(0, 3)))))
+  return sorted(out)
+
+
+def test_heads_losses_labels_and_decoding_fit_together():
+  from roformer_jax import heads, losses
+  rng = np.random.default_rng(0)
+  texts, cmaps, ids, mask = _synthetic(rng)
+  length = ids.shape[1]
+  # NER with a dense-label GlobalPointer.
+  types = ["A", "B"]
+  gold = [[(s, e, types[int(rng.integers(0, 2))]) for s, e in _spans(rng, len(t), 3)] for t in texts]
+  sets = [spans.entity_label_sets(g, c, {t: i for i, t in enumerate(types)})[0] for g, c in zip(gold, cmaps)]
+  scores = _fit(heads.GlobalPointer(2, 16), losses.global_pointer_crossentropy, ids, mask,
+                spans.dense_labels(sets, length))
+  pred = [decode.decode_entities(s, c, types) for s, c in zip(scores, cmaps)]
+  assert metrics.entity_scores(pred, gold)["f1"] == pytest.approx(1.0)
+  # Relations with GPLinker's heads and sparse labels.
+  predicates = ["p", "q"]
+  triples = []
+  for t in texts:
+    (s1, e1), (s2, e2), (s3, e3) = _spans(rng, len(t), 3)
+    triples.append([(t[s1:e1 + 1], "p", t[s2:e2 + 1]), (t[s3:e3 + 1], "q", t[s2:e2 + 1])])
+  rsets = [spans.relation_label_sets(t, tr, c, {p: i for i, p in enumerate(predicates)})[0]
+           for t, tr, c in zip(texts, triples, cmaps)]
+  labels = tuple(spans.pair_labels([r[k] for r in rsets]) for k in range(3))
+  out = _fit(heads.GPLinkerRelation(2, 16), losses.gplinker_crossentropy, ids, mask, labels)
+  pred = [[(t[s:e + 1], p, t[os:oe + 1]) for (s, e), p, (os, oe) in decode.decode_relations(*(o[b] for o in out), c,
+                                                                                            predicates)]
+          for b, (t, c) in enumerate(zip(texts, cmaps))]
+  assert metrics.triple_scores(pred, triples)["f1"] == pytest.approx(1.0)
+  # Events: two events per text sharing no argument, one of each type.
+  labels_ev = [("e1", decode.TRIGGER), ("e1", "r"), ("e2", decode.TRIGGER), ("e2", "r")]
+  events = []
+  for t in texts:
+    (a, b), (c, d), (e, f), (g, h) = _spans(rng, len(t), 4)
+    events.append([[("e1", decode.TRIGGER, t[a:b + 1], a), ("e1", "r", t[c:d + 1], c)],
+                   [("e2", decode.TRIGGER, t[e:f + 1], e), ("e2", "r", t[g:h + 1], g)]])
+  esets = [spans.event_label_sets(ev, c, {l: i for i, l in enumerate(labels_ev)})[0] for ev, c in zip(events, cmaps)]
+  labels = tuple(spans.pair_labels([e[k] for e in esets]) for k in range(3))
+  out = _fit(heads.GPLinkerEvent(4, 16), losses.gplinker_crossentropy, ids, mask, labels)
+  pred = [decode.event_texts(t, decode.decode_events(*(o[b] for o in out), c, labels_ev))
+          for b, (t, c) in enumerate(zip(texts, cmaps))]
+  m = metrics.event_scores(pred, events)
+  assert m["event_f1"] == pytest.approx(1.0) and m["argument_f1"] == pytest.approx(1.0)

@@ -95,16 +95,17 @@ def entity_label_sets(entities: Iterable[tuple[int, int, str]], cmap: CharMap, t
 
 
 def relation_label_sets(text: str, triples: Iterable[tuple[str, str, str]], cmap: CharMap,
-                        predicates: Mapping[str, int]) -> tuple[list[set[Span]], int]:
+                        predicates: Mapping[str, int]) -> tuple[tuple[list[set[Span]], ...], int]:
   """GPLinker relations (bojone/GPLinker duie_v1.py): subject and object found by their FIRST occurrence in
   the lower-cased text; a triple whose subject or object is missing or off token boundaries is dropped.
 
-  Returns the 2 + 2P sets [entity subject, entity object, head_0..head_{P-1}, tail_0..tail_{P-1}] and the
-  number of triples dropped: entity sets hold (s_h, s_t) / (o_h, o_t), head[p] (s_h, o_h), tail[p] (s_t, o_t).
+  Returns ((entity, head, tail), dropped): entity = [subject spans (s_h, s_t), object spans (o_h, o_t)],
+  head = per predicate {(s_h, o_h)}, tail = per predicate {(s_t, o_t)}; dropped = triples left out.
   """
   lower = text.lower()
-  n = len(predicates)
-  sets: list[set[Span]] = [set() for _ in range(2 + 2 * n)]
+  entity: list[set[Span]] = [set(), set()]
+  head: list[set[Span]] = [set() for _ in range(len(predicates))]
+  tail: list[set[Span]] = [set() for _ in range(len(predicates))]
   dropped = 0
   for s, p, o in triples:
     s, o = s.lower(), o.lower()
@@ -116,41 +117,41 @@ def relation_label_sets(text: str, triples: Iterable[tuple[str, str, str]], cmap
     if subj is None or obj is None:
       dropped += 1
       continue
-    pid = predicates[p]
-    sets[0].add(subj)
-    sets[1].add(obj)
-    sets[2 + pid].add((subj[0], obj[0]))
-    sets[2 + n + pid].add((subj[1], obj[1]))
-  return sets, dropped
+    entity[0].add(subj)
+    entity[1].add(obj)
+    head[predicates[p]].add((subj[0], obj[0]))
+    tail[predicates[p]].add((subj[1], obj[1]))
+  return (entity, head, tail), dropped
 
 
 def event_label_sets(events: Iterable[Sequence[tuple[str, str, str, int]]], cmap: CharMap,
-                     labels: Mapping[tuple[str, str], int]) -> tuple[list[set[Span]], int]:
+                     labels: Mapping[tuple[str, str], int]) -> tuple[tuple[list[set[Span]], ...], int]:
   """GPLinker events (bojone/GPLinker duee_v1.py): `events` are lists of (event_type, role, argument text,
-  start char), the trigger being one more role. Returns the A + 2 sets [argument label 0..A-1, head link,
-  tail link] and the number of arguments dropped (not on token boundaries).
+  start char), the trigger being one more role.
 
-  argu[label] holds each argument's (h, t); for each unordered pair of arguments of the same event, the
-  head link holds (min(h1, h2), max(h1, h2)) and the tail link (min(t1, t2), max(t1, t2)).
+  Returns ((argument, head, tail), dropped): argument = per label {(h, t)} of each argument; head = [{(min(h1,
+  h2), max(h1, h2))}] and tail = [{(min(t1, t2), max(t1, t2))}] over each unordered pair of arguments of one
+  event (one head each); dropped = arguments not on token boundaries.
   """
-  sets: list[set[Span]] = [set() for _ in range(len(labels) + 2)]
-  head, tail = sets[-2], sets[-1]
+  argument: list[set[Span]] = [set() for _ in range(len(labels))]
+  head: set[Span] = set()
+  tail: set[Span] = set()
   dropped = 0
   for event in events:
     kept = []
-    for kind, role, argument, start in event:
-      span = cmap.token_span(start, start + len(argument) - 1)
+    for kind, role, text, start in event:
+      span = cmap.token_span(start, start + len(text) - 1)
       if span is None:
         dropped += 1
         continue
       kept.append(span)
-      sets[labels[(kind, role)]].add(span)
+      argument[labels[(kind, role)]].add(span)
     for a in range(len(kept)):
       for b in range(a + 1, len(kept)):
         (h1, t1), (h2, t2) = kept[a], kept[b]
         head.add((min(h1, h2), max(h1, h2)))
         tail.add((min(t1, t2), max(t1, t2)))
-  return sets, dropped
+  return (argument, [head], [tail]), dropped
 
 
 # ------------------------------------------------------------------------------------------------
