@@ -76,8 +76,13 @@ class _Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     fan_in = x.shape[-1]
-    kernel = self.param("kernel", _param(self.kernel_init, self.kernel_axes), (fan_in,) + self.features,
-                        jnp.float32)
+
+    def init(key, shape, dtype):
+      # Initialised as the 2-D [F, prod(features)] kernel Keras has, then reshaped: a variance-scaling
+      # initializer given the N-D shape would count fan-in over the wrong axes.
+      return self.kernel_init(key, (shape[0], math.prod(shape[1:])), dtype).reshape(shape)
+
+    kernel = self.param("kernel", _param(init, self.kernel_axes), (fan_in,) + self.features, jnp.float32)
     dtype = jnp.dtype(self.dtype)
     y = matmul(x.astype(dtype), kernel.reshape(fan_in, -1)).reshape(x.shape[:-1] + self.features)
     if self.use_bias:

@@ -253,3 +253,37 @@ def test_char_map_matches_reference_rematch(cases):
         assert cmap.token_span(a, b) == want, (text, a, b)
     if n == 3:  # truncated: the end of the text maps to no token
       assert max(want_end) < len(text) - 10 and cmap.token_span(len(text) - 3, len(text) - 2) is None
+
+
+def test_gplinker_heads_have_the_reference_switches():
+  """duie_v1.py: entity (RoPE, tril), head/tail (no RoPE, no tril); duee_v1.py: argument (RoPE, tril),
+  head/tail links (no RoPE, tril). Checked on the masks and on the modules' own settings."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, D))
+  below = np.tril(np.ones((6, 6), bool), -1)
+  rel = heads.GPLinkerRelation(predicates=3, head_size=HEAD)
+  entity, head, tail = rel.apply(rel.init(jax.random.PRNGKey(1), x), x)
+  assert (entity.shape, head.shape, tail.shape) == ((1, 2, 6, 6), (1, 3, 6, 6), (1, 3, 6, 6))
+  assert (np.asarray(entity)[0][:, below] == losses.MASKED).all()
+  assert (np.asarray(head)[0][:, below] != losses.MASKED).all() and (np.asarray(tail)[0][:, below] != losses.MASKED).all()
+  ev = heads.GPLinkerEvent(labels=5, head_size=HEAD)
+  outs = ev.apply(ev.init(jax.random.PRNGKey(1), x), x)
+  assert [o.shape[1] for o in outs] == [5, 1, 1]
+  assert all((np.asarray(o)[0][:, below] == losses.MASKED).all() for o in outs)
+  # RoPE off on the link heads: their scores depend on content, not on position (shift-invariant input).
+  same = jnp.broadcast_to(x[:, :1], x.shape)
+  _, head, _ = rel.apply(rel.init(jax.random.PRNGKey(1), x), same)
+  np.testing.assert_allclose(np.asarray(head)[0, :, 0, 5], np.asarray(head)[0, :, 2, 1], rtol=1e-6)
+  entity, _, _ = rel.apply(rel.init(jax.random.PRNGKey(1), x), same)
+  assert not np.allclose(np.asarray(entity)[0, :, 0, 1], np.asarray(entity)[0, :, 0, 5])
+
+
+def test_default_init_is_lecun_normal_over_the_input_features():
+  """As bert4keras' Dense(kernel_initializer='lecun_normal'): std 1/sqrt(fan_in), fan_in = the hidden size
+  (not counted over the [H, 2, d] output axes)."""
+  x = jnp.zeros((1, 4, 512))
+  gp = heads.GlobalPointer(8, 32).init(jax.random.PRNGKey(0), x)["params"]
+  egp = heads.EfficientGlobalPointer(8, 32).init(jax.random.PRNGKey(0), x)["params"]
+  for kernel, fan_in in [(gp["dense"]["kernel"], 512), (egp["p_dense"]["kernel"], 512),
+                         (egp["q_dense"]["kernel"], 64)]:
+    std = float(np.std(np.asarray(nn.meta.unbox(kernel))))
+    assert abs(std * np.sqrt(fan_in) - 1) < 0.1, (kernel.value.shape, std)

@@ -273,3 +273,17 @@ def test_duee_lenient_mode_drops_the_argument(tmp_path):
                                         arguments=[{"argument_start_index": 1, "role": "裁员方", "argument": "雀巢"}])])
   corpus = readers.read_duee(_jsonl(tmp_path / "d.json", [bad]), labels, strict=False)
   assert corpus.examples[0].events == ((("组织关系-裁员", TRIGGER, "裁员", 2),),) and len(corpus.skipped) == 1
+
+
+@pytest.mark.parametrize("content,line,why", [
+    ('[\n  {"text": "a"},\n  {"text": }\n]', 3, "invalid JSON"),
+    ('[\n  {"text": "a"},\n  3\n]', 3, "expected a JSON object, got int"),
+    ('[\n  {"text": "a"}\n  {"text": "b"}\n]', 3, "expected ',' or ']'"),
+    ('[\n  {"text": "a"}\n', 3, "the list is not closed"),
+    ('{"text": "a"}', 1, "expected a JSON list of objects"),
+])
+def test_json_list_errors_name_the_line(tmp_path, content, line, why):
+  path = tmp_path / "CMeEE_dev.json"
+  path.write_text(content, encoding="utf-8")
+  with pytest.raises(DataError, match=f"{path}:{line}: {why}"):
+    readers.read_cmeee(path)

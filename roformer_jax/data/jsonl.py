@@ -101,8 +101,10 @@ def read_json_list(path: PathLike) -> Iterator[tuple[int, dict]]:
       if skip(pos + 1) < len(text):
         raise DataError(f"{where(skip(pos + 1))}: data after the end of the list")
       return
-    if pos >= len(text) or text[pos] != ",":
-      raise DataError(f"{where(min(pos, len(text)))}: expected ',' or ']' after a list element")
+    if pos >= len(text):
+      break
+    if text[pos] != ",":
+      raise DataError(f"{where(pos)}: expected ',' or ']' after a list element")
     pos = skip(pos + 1)
   raise DataError(f"{where(len(text))}: the list is not closed (missing ']')")
 
