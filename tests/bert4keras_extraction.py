@@ -27,13 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENV = {
-    "TF_KERAS": "1",
-    "TF_USE_LEGACY_KERAS": "1",  # bert4keras 0.11.5 needs Keras 2 (tf-keras) on TF >= 2.16
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "TF_ENABLE_ONEDNN_OPTS": "0",  # plain float32 kernels
-    "CUDA_VISIBLE_DEVICES": "",
-}
+from bert4keras_logits import ENV  # the environment bert4keras needs (tests/ is on sys.path, as script or module)
 
 
 def run(jobs, tmp):
