@@ -1,6 +1,8 @@
-"""JSON-lines files: read with errors that name the file and line, write atomically.
+"""JSON-lines files (and JSON lists): read with errors that name the file and line, write atomically.
 
-The datasets fine-tuning reads (CLUE and the like) are one JSON object per line. A line that cannot be
+The datasets fine-tuning reads (CLUE and the like) are one JSON object per line; a few (CBLUE's
+CMeEE) are one JSON list of objects, which `read_json_list` reads object by object with the line
+each starts on. A line that cannot be
 used raises `DataError("path:line: why")`, so a user can open the file at the bad line; the field
 helpers say which field is missing or has the wrong type. `write_jsonl` writes a temp file in the
 same folder and renames it, so a reader (or a crash) never sees half a file.
@@ -46,6 +48,65 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
       if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
       yield n, obj
+
+
+def read_json_list(path: PathLike) -> Iterator[tuple[int, dict]]:
+  """(1-based line where it starts, object) for every element of a file holding one JSON list of objects.
+
+  Raises DataError naming the file and line for invalid UTF-8, invalid JSON, a file that is not a list
+  or an element that is not an object.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: no such file")
+  raw = path.read_bytes()
+  try:
+    text = raw.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    bad_line = raw.count(b"\n", 0, e.start) + 1
+    raise DataError(f"{path}:{bad_line}: invalid UTF-8 at byte {e.start}") from None
+  decoder = json.JSONDecoder()
+  line, seen = 1, 0  # line number at offset `seen`, counted incrementally
+
+  def where(pos: int) -> str:
+    nonlocal line, seen
+    line += text.count("\n", seen, pos)
+    seen = pos
+    return f"{path}:{line}"
+
+  def skip(pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+      pos += 1
+    return pos
+
+  pos = skip(0)
+  if pos >= len(text) or text[pos] != "[":
+    raise DataError(f"{where(pos)}: expected a JSON list of objects")
+  pos = skip(pos + 1)
+  if pos < len(text) and text[pos] == "]":  # an empty list
+    if skip(pos + 1) < len(text):
+      raise DataError(f"{where(skip(pos + 1))}: data after the end of the list")
+    return
+  while pos < len(text):
+    try:
+      obj, end = decoder.raw_decode(text, pos)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    here = where(pos)
+    if not isinstance(obj, dict):
+      raise DataError(f"{here}: expected a JSON object, got {type(obj).__name__}")
+    yield line, obj
+    pos = skip(end)
+    if pos < len(text) and text[pos] == "]":
+      if skip(pos + 1) < len(text):
+        raise DataError(f"{where(skip(pos + 1))}: data after the end of the list")
+      return
+    if pos >= len(text):
+      break
+    if text[pos] != ",":
+      raise DataError(f"{where(pos)}: expected ',' or ']' after a list element")
+    pos = skip(pos + 1)
+  raise DataError(f"{where(len(text))}: the list is not closed (missing ']')")
 
 
 def field(obj: dict, key: str, types: Union[type, tuple[type, ...]], where: str) -> Any:
