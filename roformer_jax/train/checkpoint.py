@@ -167,6 +167,9 @@ class BestCheckpoint:
   def path(self) -> str | None:
     return None if self.step is None else f"{self.directory}/{self.step}"
 
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()

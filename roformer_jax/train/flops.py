@@ -54,18 +54,21 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | Non
   return 3.0 * forward_flops(cfg, batch, seq, predictions)
 
 
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6, min_seconds: float = 1.0) -> float:
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6, min_seconds: float = 1.0,
+                        max_seconds: float = 3.0) -> float:
   """FLOP/s of one n x n matmul on the default device, measured in this process: the best of at least
   `repeats` runs and `min_seconds` of them. The peak is what the hardware can reach, so slow runs
   (interference, clocks still ramping up) are discarded; a longer window only raises the estimate,
   which makes the MFU quoted against it conservative. Operands are `dtype`, accumulation float32: the
-  model's own matmuls (and, for bf16 on XLA:CPU, twice the speed of a bf16-output product)."""
+  model's own matmuls (and, for bf16 on XLA:CPU, twice the speed of a bf16-output product). Where one run is
+  slow (e.g. 8 host-platform devices sharing 2 cores: ~1.5 s each) it stops after `max_seconds` and two runs."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   times: list[float] = []
   start = time.perf_counter()
-  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+  while len(times) < 2 or (len(times) < repeats or time.perf_counter() - start < min_seconds) and (
+      time.perf_counter() - start < max_seconds):
     t = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)

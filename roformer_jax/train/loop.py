@@ -297,20 +297,18 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
           profiling = False
           writer.log(f"profiled steps {cfg.profile_start}..{next_step - 1} into {profile_dir}")
         stopped = preempt.reached(next_step)
-        if stopped or next_step % checkpoint_every == 0 or next_step == steps:
-          report(pending)  # never checkpoint a non-finite state
+        save_now = stopped or next_step % checkpoint_every == 0 or next_step == steps
+        eval_now = next_step % eval_every == 0 or next_step == steps
+        if (save_now or eval_now) and pending is not None:
+          report(pending)  # never checkpoint or evaluate a non-finite state
           pending = None
-          ckpt.save(next_step, state, train_iter, force=True)
         if cfg.export_every and (next_step % cfg.export_every == 0 or next_step == steps):
           # Straight from the live (sharded) params; every process joins, process 0 writes.
           out = export_lib.export_hf(mcfg, task.export_params(state.params), task.vocab_file,
                                      local_dir / "export" / f"step_{next_step}", overwrite=True)
           writer.log(f"exported {out}")
-        if next_step % eval_every == 0 or next_step == steps:
+        if eval_now:
           eval_start = time.perf_counter()
-          if pending is not None:  # the eval's params must be finite too
-            report(pending)
-            pending = None
           last_eval = evaluate(state.params)
           if last_eval:
             writer.write(next_step, last_eval)
@@ -319,6 +317,12 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
             writer.log(f"new best {best.metric} {best.value:.4f}: saved {best.path()}")
           if timer_start is not None:  # evaluation time is not step time
             timer_start += time.perf_counter() - eval_start
+        if save_now:
+          if best is not None:
+            # A run checkpoint never gets ahead of the best one: a run resumed from step S has every best
+            # of the evals up to S on disk (a later eval it redoes gives the same value, so no resave).
+            best.wait()
+          ckpt.save(next_step, state, train_iter, force=True)
         if stopped:
           writer.log(f"preempted: saved {ckpt.path(next_step)}; rerun the same command to resume")
           break
