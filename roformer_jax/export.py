@@ -392,7 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   args = parser.parse_args(argv)
 
-  from roformer_jax import from_pretrained
+  from roformer_jax import from_pretrained, startup
+  startup.quiet_tpu_probe()  # before JAX starts its backends (this module imports JAX, which is fine)
   from roformer_jax.config import ConfigError
   from roformer_jax.convert.load import CheckpointError
   source = Path(args.source)

@@ -50,3 +50,34 @@ def masked_lm_eval(model: nn.Module):
     loss, stats = _mlm_sums(_mlm_logits(model, params, batch, deterministic=True), batch)
     return dict(stats, loss=loss)
   return eval_fn
+
+
+def _classifier_logits(model: nn.Module, params: Any, batch: dict, **kwargs) -> jax.Array:
+  return model.apply({"params": params}, batch["input_ids"], batch.get("token_type_ids"),
+                     batch.get("attention_mask"), **kwargs)
+
+
+def _classification_sums(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+  labels, weights = batch["labels"], batch["weights"].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  correct = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)  # as `_mlm_sums`
+  return jnp.sum(ce * weights), {"weight": jnp.sum(weights), "accuracy": jnp.sum(correct * weights)}
+
+
+def classification_loss(model: nn.Module):
+  """Softmax cross-entropy of a classifier's logits [B, C] against `labels` [B], summed over `weights` [B]
+  (1 real example, 0 padding): the loss is the mean over the global batch's examples."""
+  def loss_fn(params, batch, rng, step):
+    del step
+    return _classification_sums(_classifier_logits(model, params, batch, deterministic=False,
+                                                   rngs={"dropout": rng}), batch)
+  return loss_fn
+
+
+def classification_eval(model: nn.Module):
+  """Deterministic classification sums for evaluation: loss, correct predictions and weight (examples)."""
+  def eval_fn(params, batch):
+    loss, stats = _classification_sums(_classifier_logits(model, params, batch, deterministic=True), batch)
+    return dict(stats, loss=loss)
+  return eval_fn

@@ -417,3 +417,84 @@ def test_eval_iterator_is_deterministic_and_pads_with_zero_weight(embedded):
   pad = (last["segment_ids"] == 0).all(axis=1)
   assert pad.sum() == len(first) * 3 - n
   assert (last["masked_weights"][pad] == 0).all() and (last["masked_weights"][~pad].sum(1) > 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# In-memory examples (fine-tuning) and labelled text files
+# ------------------------------------------------------------------------------------------------
+def _examples(n):
+  return {"x": np.arange(n, dtype=np.int32)[:, None] * np.ones((1, 3), np.int32), "y": np.arange(n, dtype=np.int32)}
+
+
+@pytest.mark.parametrize("rows, processes", [(10, 2), (7, 3)])
+def test_example_batches_are_the_global_batch_split_by_process_and_cover_each_epoch(rows, processes):
+  data, b, steps = _examples(rows), 2, 7
+  stream = lambda p, n, size: [batch for batch in itertools.islice(pipeline.examples_train_dataset(
+      data, batch_size=size, seed=4, process_index=p, process_count=n, num_threads=0), steps)]
+  single = stream(0, 1, b * processes)
+  parts = [stream(p, processes, b) for p in range(processes)]
+  for step in range(steps):
+    # Process blocks in process order are the global batch, rows and their arrays alike.
+    np.testing.assert_array_equal(np.concatenate([parts[p][step]["y"] for p in range(processes)]), single[step]["y"])
+    np.testing.assert_array_equal(single[step]["x"][:, 0], single[step]["y"])
+    assert (single[step]["weights"] == 1).all()
+  ys = np.concatenate([s["y"] for s in single])
+  for epoch in range(len(ys) // rows):
+    assert sorted(ys[epoch * rows:(epoch + 1) * rows]) == list(range(rows))
+  assert list(ys[:rows]) != list(ys[rows:2 * rows])  # reshuffled every epoch
+
+
+def test_example_transform_sees_index_and_epoch_and_state_resumes():
+  data = _examples(5)
+  seen = lambda row: {"y": row["y"], "tag": np.int32(100 * row["epoch"] + row["index"])}
+  it = iter(pipeline.examples_train_dataset(data, batch_size=2, seed=0, process_index=0, process_count=1,
+                                            transform=seen, num_threads=0))
+  batches = [next(it) for _ in range(5)]
+  for batch in batches:
+    assert set(batch) == {"y", "tag", "weights"}
+    np.testing.assert_array_equal(batch["tag"] % 100, batch["y"])
+  tags = np.concatenate([b["tag"] for b in batches])
+  assert list(tags // 100) == [0] * 5 + [1] * 5
+  fresh = iter(pipeline.examples_train_dataset(data, batch_size=2, seed=0, process_index=0, process_count=1,
+                                               transform=seen, num_threads=0))
+  fresh.set_state({"next_index": 3})  # what Task.reposition does for a run restored on another process count
+  np.testing.assert_array_equal(next(fresh)["tag"], batches[3]["tag"])
+
+
+def test_example_eval_pass_is_in_order_and_padded_with_zero_weight():
+  data = _examples(5)
+  per_process = [list(pipeline.examples_eval_dataset(data, batch_size=2, process_index=p, process_count=2,
+                                                     num_threads=0)) for p in range(2)]
+  assert [len(b) for b in per_process] == [2, 2]
+  rows = np.concatenate([np.concatenate([per_process[p][step]["y"] for p in range(2)]) for step in range(2)])
+  weights = np.concatenate([np.concatenate([per_process[p][step]["weights"] for p in range(2)]) for step in range(2)])
+  np.testing.assert_array_equal(rows, [0, 1, 2, 3, 4, 0, 0, 0])
+  np.testing.assert_array_equal(weights, [1, 1, 1, 1, 1, 0, 0, 0])
+
+
+@pytest.mark.parametrize("name, content, line, reason", [
+    ("a.tsv", "好\tpos\n\n没有标签\n", 3, "expected 'text<TAB>label', found no tab"),
+    ("b.tsv", "好\tpos\n坏\t \n", 2, "empty label after the last tab"),
+    ("c.jsonl", '{"text": "好", "label": 1}\n{"text": "坏"\n', 2, "invalid JSON"),
+    ("d.jsonl", '{"text": "好", "label": "pos"}\n{"content": "坏", "label": "neg"}\n', 2, "no field 'text'"),
+    ("e.tsv", "好\tpos\n\xff\n", 2, "invalid UTF-8"),
+])
+def test_labeled_file_errors_name_file_and_line(tmp_path, name, content, line, reason):
+  from roformer_jax.data import labeled
+  path = tmp_path / name
+  path.write_bytes(content.encode("utf-8").replace("\xff".encode("utf-8"), b"\xff"))
+  with pytest.raises(sources.DataError, match=f"^{path}:{line}: {reason}"):
+    labeled.read_labeled(path)
+
+
+def test_labeled_files_and_label_ids(tmp_path):
+  from roformer_jax.data import labeled
+  (tmp_path / "a.tsv").write_text("一\t二\tpos\n\n三\tneg\n", encoding="utf-8")
+  (tmp_path / "b.jsonl").write_text('{"t": "一", "y": 1}\n{"t": "二", "y": "0"}\n', encoding="utf-8")
+  tsv = labeled.read_labeled(tmp_path / "a.tsv")
+  assert tsv == [labeled.Example("一\t二", "pos", 1), labeled.Example("三", "neg", 3)]
+  js = labeled.read_labeled(tmp_path / "b.jsonl", text_field="t", label_field="y")
+  assert [(e.text, e.label) for e in js] == [("一", "1"), ("二", "0")]
+  assert labeled.label_ids(tsv, ["neg", "pos"], "a.tsv") == [1, 0]
+  with pytest.raises(sources.DataError, match=r"^a.tsv:3: label 'neg' is not one of \['pos'\]"):
+    labeled.label_ids(tsv, ["pos"], "a.tsv")

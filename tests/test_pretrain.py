@@ -14,7 +14,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-KILL = ROOT / "tests" / "multidevice" / "pretrain_kill.py"
+KILL = ROOT / "tests" / "multidevice" / "kill_at_save.py"
 N = 6  # checkpoint interval; runs are 2N steps
 
 

@@ -7,9 +7,14 @@ Command-line overrides use these names: --config.steps, --config.batch_size, --c
 
 import ml_collections
 
+from roformer_jax.train import loop
+
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
+  # The train loop's keys (steps, batch_size, accum_steps, seed, log/eval/checkpoint intervals, keep,
+  # export_every, skip_nonfinite, profiling, mesh, optimizer, ...) with their defaults and comments:
+  # roformer_jax.train.loop.default_config. Pretraining adds its model, masking and data sections.
+  c = loop.default_config()
   # Model section: a preset from roformer_jax.config.PRESETS plus field overrides.
   c.model = ml_collections.ConfigDict(dict(preset="tiny", overrides={}))
   c.attention = "softmax"           # any roformer_jax attention variant / mixer
@@ -17,35 +22,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.scan_layers = False             # nn.scan over layers: compile time flat in depth
   c.remat = "none"                  # none | full | dots
 
-  # Run section.
-  c.steps = 1000
-  c.batch_size = 32                 # global: all processes and accumulation steps together
-  c.accum_steps = 1
+  # Run section (beyond the loop's).
   c.seq_len = 128
   c.max_predictions = 0             # masked slots per sequence; 0 = pretrain.mlm.default_max_predictions (48 at 128)
-  c.seed = 0
-  c.log_every = 10
-  c.eval_every = 200
   c.eval_batches = 0                # 0 = the whole held-out split
-  c.checkpoint_every = 200
-  c.keep = 3                        # the last K checkpoints ...
-  c.keep_every = 0                  # ... plus every M-th step (0 = none)
-  c.async_checkpoint = True
-  c.export_every = 0                # HF-style export every N steps (0 = off)
-  c.skip_nonfinite = False          # skip a NaN/inf step instead of stopping
   c.residual_warmup_steps = 0       # RoFormerV2 alpha 0 -> 1 over N steps (0 = off)
-  c.profile_start = -1              # jax.profiler trace of steps [start, start + profile_steps) into
-  c.profile_steps = 5               # <workdir>/profile (TensorBoard's profile tab); -1 = off
-  c.retain_host_memory = True       # glibc malloc keeps freed memory (roformer_jax.train.hostmem); the CLI
-                                    # re-executes itself once to set it. Matters for CPU runs.
-
-  # Device mesh (-1 fills the remaining devices).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
-  # Optimiser section (RoFormerV2 recipe: LAMB, eps 1e-6, wd 0.01 on every tensor).
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="lamb", learning_rate=1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
-      decay_exclude=(), clip_norm=0.0, warmup_steps=100, decay="linear", end_factor=0.0, points={}))
 
   # Data section.
   c.data = ml_collections.ConfigDict(dict(

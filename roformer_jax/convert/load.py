@@ -196,9 +196,9 @@ def from_pretrained(path: str | os.PathLike, *, with_mlm: bool | None = None, dt
     ignore: regexes of tensor names that may be present and are dropped (e.g. r"pooler").
     **config_overrides: ModelConfig fields to override (dropout, attention variant, ...).
   """
-  folder = Path(path)
+  folder = Path(path).expanduser().absolute()  # orbax wants absolute paths; people type relative ones
   if not folder.is_dir():
-    raise FileNotFoundError(f"{folder}: not a checkpoint folder")
+    raise FileNotFoundError(f"{path}: not a checkpoint folder")
   from roformer_jax.convert import orbax_ckpt
   if orbax_ckpt.locate(folder):  # our pretraining workdir, or one of its checkpoint steps
     if with_mlm is False:

@@ -56,6 +56,28 @@ def write_model_config(cfg: ModelConfig, workdir: Any) -> None:
   tmp.replace(workdir / MODEL_CONFIG)
 
 
+def _flat(tree: Any) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_tensors(expected: Any, stored: Any, source: str) -> None:
+  """Raises CheckpointError naming every tensor the config expects that the checkpoint lacks or holds in
+  another shape (a model_config.json that does not describe the checkpoint beside it)."""
+  from roformer_jax.convert.load import CheckpointError
+  want, have = _flat(expected), _flat(stored)
+  errors = [f"missing tensor {k} (shape {tuple(v.shape)})" for k, v in want.items() if k not in have]
+  errors += [f"tensor {k} has shape {tuple(have[k].shape)}, the config needs {tuple(v.shape)}"
+             for k, v in want.items() if k in have and tuple(have[k].shape) != tuple(v.shape)]
+  # Within the model's own modules every stored tensor must be expected; other top-level entries (a
+  # fine-tuning head) are simply not read.
+  modules = {k.split("/")[0] for k in want}
+  errors += [f"unexpected tensor {k} {tuple(have[k].shape)}" for k in have
+             if k not in want and k.split("/")[0] in modules]
+  if errors:
+    raise CheckpointError(f"{source}: {len(errors)} tensor(s) do not match the model:\n  " + "\n  ".join(errors))
+
+
 def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype: str | None = None,
                **overrides) -> tuple[nn.Module, dict]:
   """(RoFormerForMaskedLM, params) from a pretraining workdir or step folder.
@@ -66,6 +88,7 @@ def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype
   import orbax.checkpoint as ocp
   from roformer_jax.train import sharding as sharding_lib
 
+  folder = Path(folder).expanduser().absolute()  # orbax wants absolute paths
   found = locate(folder)
   if found is None:
     raise FileNotFoundError(f"{folder}: not a pretraining workdir or checkpoint step "
@@ -85,17 +108,22 @@ def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     shardings = jax.tree_util.tree_map(lambda _: one, params)
   target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+  from roformer_jax.convert.load import CheckpointError
   manager = ocp.CheckpointManager(workdir / "checkpoints", item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"{workdir / 'checkpoints'}: no complete checkpoint")
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore({"params": target}, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
-  except Exception as e:  # noqa: BLE001 -- name the checkpoint that failed
-    raise ValueError(f"{workdir / 'checkpoints' / str(step)}: cannot restore params "
-                     f"({type(e).__name__}: {e})") from e
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{workdir / 'checkpoints'}: no complete checkpoint")
+    state_dir = workdir / "checkpoints" / str(step) / "state"
+    _check_tensors(params, ocp.PyTreeCheckpointHandler().metadata(state_dir).tree.get("params", {}),
+                   f"{state_dir} (model config {workdir / MODEL_CONFIG})")
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore({"params": target}, partial_restore=True,
+                                       restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
+    except Exception as e:  # noqa: BLE001 -- name the checkpoint that failed
+      raise CheckpointError(f"{workdir / 'checkpoints' / str(step)}: cannot restore params "
+                            f"({type(e).__name__}: {e})") from e
   finally:
     manager.close()
   return model, restored["state"]["params"]

@@ -1,4 +1,5 @@
-"""grain pipelines over prepared rows: per-process sharding, shuffle, repeat, a row transform, batch.
+"""grain pipelines over prepared rows (pretraining) or in-memory examples (fine-tuning): per-process sharding,
+shuffle, repeat, a row transform, batch.
 
 Sharding is by row of the *global* stream, not by file: the global stream (shuffled per epoch by
 grain, repeated) is cut into global batches, and process p takes the p-th contiguous block of each.
@@ -129,4 +130,88 @@ def eval_dataset(prepared: PreparedData, split: str, *, batch_size: int, process
   total = math.ceil(len(rows) / global_batch) * global_batch
   ds = grain.MapDataset.range(total).map(_first_epoch).batch(global_batch, drop_remainder=True)
   ds = ds.map(_ProcessBlock(process_index, batch_size)).map(_ReadBatch(rows, prepared.seq_len, transform))
+  return ds.to_iter_dataset(_read_options(num_threads, prefetch))
+
+
+# ----------------------------------------------------------------------------------------------
+# In-memory examples (fine-tuning): the same sharding, shuffling and (index, epoch) rows as above
+# ----------------------------------------------------------------------------------------------
+def num_examples(examples: dict[str, np.ndarray]) -> int:
+  sizes = {k: len(v) for k, v in examples.items()}
+  if len(set(sizes.values())) != 1:
+    raise ValueError(f"examples: arrays of different lengths {sizes}")
+  return next(iter(sizes.values()))
+
+
+class _TakeExamples(grain.transforms.Map):
+  """A batch of {index, epoch} -> those examples, stacked, with `weights` (1 real, 0 padding).
+
+  Indices past the end are all-zero padding rows. With a `transform`, each row dict (its arrays plus
+  `index` and `epoch`) goes through it first, so per-example randomness can seed itself from those;
+  `weights` is set after it.
+  """
+
+  def __init__(self, examples: dict[str, np.ndarray], transform: Callable[[Row], Row] | None):
+    self._examples, self._n = examples, num_examples(examples)
+    self._transform = transform.map if isinstance(transform, grain.transforms.Map) else transform
+
+  def map(self, batch: Row) -> Row:
+    index = np.asarray(batch["index"])
+    real = index < self._n
+    take = np.where(real, index, 0)
+    out = {k: np.where(real.reshape((-1,) + (1,) * (v.ndim - 1)), v[take], np.zeros_like(v[:1]))
+           for k, v in self._examples.items()}
+    out["weights"] = real.astype(np.float32)
+    if self._transform is None:
+      return out
+    rows = [dict({k: v[i] for k, v in out.items()}, index=int(index[i]), epoch=int(batch["epoch"][i]))
+            for i in range(len(index))]
+    rows = [self._transform(r) for r in rows]
+    stacked = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("index", "epoch")}
+    stacked["weights"] = out["weights"]  # padding stays padding whatever the transform returns
+    return stacked
+
+
+def examples_train_dataset(examples: dict[str, np.ndarray], *, batch_size: int, seed: int, process_index: int,
+                           process_count: int, transform: Callable[[Row], Row] | None = None,
+                           num_threads: int = 1, prefetch: int = 2) -> grain.IterDataset:
+  """Endless per-process batches of in-memory examples, reshuffled every epoch (as `train_dataset`).
+
+  Args:
+    examples: name -> array with a leading example axis [N, ...] (token ids, labels, ...).
+    batch_size: rows per batch on this process (the global batch is batch_size * process_count).
+    seed: the shuffle seed.
+    process_index, process_count: this process's place.
+    transform: optional per-row map (a row holds each array's row plus `index` and `epoch`).
+    num_threads, prefetch: grain read threads and their buffer (batches).
+
+  Returns:
+    a grain IterDataset of {name: [batch_size, ...]} plus `weights` [batch_size] (all 1 here);
+    `iter(...)` gives a checkpointable iterator, global batch k the same rows whatever the process count.
+  """
+  _check_process(process_index, process_count)
+  n = num_examples(examples)
+  if not n:
+    raise ValueError("examples: no training examples")
+  ds = grain.MapDataset.range(n).shuffle(seed=seed % 2**32).repeat()
+  ds = ds.map_with_index(_WithEpoch(n))
+  ds = ds.batch(batch_size * process_count, drop_remainder=True).map(_ProcessBlock(process_index, batch_size))
+  ds = ds.map(_TakeExamples(examples, transform))
+  return ds.to_iter_dataset(_read_options(num_threads, prefetch))
+
+
+def examples_eval_dataset(examples: dict[str, np.ndarray], *, batch_size: int, process_index: int,
+                          process_count: int, transform: Callable[[Row], Row] | None = None,
+                          num_threads: int = 1, prefetch: int = 2) -> grain.IterDataset:
+  """One pass over in-memory examples in order, padded to whole global batches with `weights` 0 rows.
+
+  Global row i of the pass is example i: outputs gathered over the global batch (`loop.Runner.predict`)
+  line up with the examples.
+  """
+  _check_process(process_index, process_count)
+  n = num_examples(examples)
+  global_batch = batch_size * process_count
+  total = math.ceil(n / global_batch) * global_batch
+  ds = grain.MapDataset.range(total).map(_first_epoch).batch(global_batch, drop_remainder=True)
+  ds = ds.map(_ProcessBlock(process_index, batch_size)).map(_TakeExamples(examples, transform))
   return ds.to_iter_dataset(_read_options(num_threads, prefetch))

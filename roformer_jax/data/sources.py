@@ -22,7 +22,11 @@ EMBEDDED = "embedded"
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-class CorpusError(ValueError):
+class DataError(ValueError):
+  """A bad line of an input file; the message starts with `file:line:`."""
+
+
+class CorpusError(DataError):
   """An unreadable corpus line; the message starts with `file:line:`."""
 
 

@@ -16,6 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from roformer_jax.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +105,67 @@ class Checkpointer:
 
   def path(self, step: int) -> str:
     return f"{self.directory}/{step}"
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+class BestCheckpoint:
+  """The params of the best evaluation so far (`metric`, higher is better), beside the run's checkpoints.
+
+  One orbax checkpoint holding `params` and a `meta` JSON item ({metric, value, step}) written in the same
+  atomic save, so the value on record always belongs to the params there; the previous best is deleted
+  only after the new one has committed. A resumed run reads the value back and keeps improving on it.
+  """
+
+  def __init__(self, directory: str | Path, metric: str, *, async_save: bool = True):
+    self.directory = epath.Path(directory) if "://" in str(directory) else epath.Path(Path(directory).absolute())
+    self.metric = metric
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=async_save, create=True,
+                                           cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+        "params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    self.step: int | None = None
+    self.value = -float("inf")
+    latest = self.manager.latest_step()
+    if latest is not None:
+      meta = self.manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      if meta.get("metric") != metric:
+        raise ConfigError(f"{self.directory}/{latest} holds the best {meta.get('metric')!r}, but config.best_metric "
+                         f"is {metric!r}; use a new workdir or the same metric")
+      self.step, self.value = int(meta["step"]), float(meta["value"])
+
+  def update(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
+    """Saves `params` if `metrics[metric]` beats the best so far (strictly); returns whether it did."""
+    if self.metric not in metrics:
+      raise ConfigError(f"config.best_metric: {self.metric!r} is not an eval metric of this task; "
+                       f"it reports {sorted(metrics)}")
+    value = float(metrics[self.metric])
+    if not value > self.value:  # also false for nan
+      return False
+    meta = {"metric": self.metric, "value": value, "step": int(step)}
+    if step in self.manager.all_steps():  # a resumed run redid this step on another layout (not bitwise)
+      self.manager.wait_until_finished()
+      self.manager.delete(step)
+    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                    meta=ocp.args.JsonSave(meta)), force=True)
+    self.step, self.value = int(step), value
+    return True
+
+  def restore(self, abstract_params: Any) -> Any:
+    """The best params onto `abstract_params`' shardings; None if nothing was saved."""
+    self.manager.wait_until_finished()
+    if self.step is None:
+      return None
+    return self.manager.restore(self.step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))["params"]
+
+  def path(self) -> str | None:
+    return None if self.step is None else f"{self.directory}/{self.step}"
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

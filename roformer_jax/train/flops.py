@@ -19,12 +19,10 @@ PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5
              "NVIDIA A100": 312e12}
 
 
-def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | None = None) -> float:
-  """Matmul FLOPs of one forward pass; `predictions` per sequence for the gathered head (None = all).
-
-  With `predictions`, the last layer is counted as the model runs it: for a query-subset attention
-  (`model.prunes_last_layer`) its queries, output projection and FFN at the predicted rows only.
-  """
+def encoder_flops(cfg: ModelConfig, batch: int, seq: int, output_rows: float | None = None) -> float:
+  """Matmul FLOPs of one encoder forward pass; `output_rows` per sequence when only those rows' outputs are
+  asked for (`output_positions`): for a query-subset attention (`model.prunes_last_layer`) the last layer's
+  queries, output projection and FFN then run at those rows only."""
   d, ff, heads_dim = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_size
 
   def layer(queries: float) -> float:  # one layer with `queries` output rows per sequence
@@ -35,12 +33,20 @@ def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | N
                     + 2 * queries * d * ff * 2)        # FFN, two matrices
 
   from roformer_jax.model import prunes_last_layer  # lazy: keeps this module import-light
+  last = layer(output_rows if output_rows is not None and prunes_last_layer(cfg) else seq)
+  return float((cfg.num_layers - 1) * layer(seq) + last)
+
+
+def forward_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | None = None) -> float:
+  """Matmul FLOPs of one MLM forward pass; `predictions` per sequence for the gathered head (None = all).
+
+  With `predictions`, the last layer is counted as the model runs it (see `encoder_flops`).
+  """
   rows = seq if predictions is None else predictions
-  last = layer(rows if predictions is not None and prunes_last_layer(cfg) else seq)
   head = 2 * batch * rows * cfg.embed_size * cfg.vocab_size
   if cfg.version == "v1":
-    head += 2 * batch * rows * d * cfg.embed_size  # MLM transform
-  return float((cfg.num_layers - 1) * layer(seq) + last + head)
+    head += 2 * batch * rows * cfg.hidden_size * cfg.embed_size  # MLM transform
+  return encoder_flops(cfg, batch, seq, predictions) + float(head)
 
 
 def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | None = None) -> float:
@@ -48,18 +54,21 @@ def train_flops(cfg: ModelConfig, batch: int, seq: int, predictions: float | Non
   return 3.0 * forward_flops(cfg, batch, seq, predictions)
 
 
-def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6, min_seconds: float = 1.0) -> float:
+def measure_matmul_peak(dtype=jnp.float32, n: int = 2048, repeats: int = 6, min_seconds: float = 1.0,
+                        max_seconds: float = 3.0) -> float:
   """FLOP/s of one n x n matmul on the default device, measured in this process: the best of at least
   `repeats` runs and `min_seconds` of them. The peak is what the hardware can reach, so slow runs
   (interference, clocks still ramping up) are discarded; a longer window only raises the estimate,
   which makes the MFU quoted against it conservative. Operands are `dtype`, accumulation float32: the
-  model's own matmuls (and, for bf16 on XLA:CPU, twice the speed of a bf16-output product)."""
+  model's own matmuls (and, for bf16 on XLA:CPU, twice the speed of a bf16-output product). Where one run is
+  slow (e.g. 8 host-platform devices sharing 2 cores: ~1.5 s each) it stops after `max_seconds` and two runs."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
   f(a).block_until_ready()
   times: list[float] = []
   start = time.perf_counter()
-  while len(times) < repeats or time.perf_counter() - start < min_seconds:
+  while len(times) < 2 or (len(times) < repeats or time.perf_counter() - start < min_seconds) and (
+      time.perf_counter() - start < max_seconds):
     t = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)

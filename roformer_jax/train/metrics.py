@@ -46,10 +46,13 @@ class MetricsWriter:
   def progress(self, step: int, m: dict[str, Any], remaining_s: float) -> None:
     if not self.enabled:
       return
-    speed = (f"{m['tokens_per_s']:,.0f} tok/s | MFU {100 * m['mfu']:.1f}%" if "tokens_per_s" in m
-             else "(compiling: no speed yet)")
-    parts = [f"step {step}/{self.total_steps}", f"loss {m['loss']:.4f}", f"mlm_acc {m.get('accuracy', 0):.4f}",
-             f"lr {m['learning_rate']:.2e}", f"gnorm {m['grad_norm']:.3f}", speed, f"ETA {_fmt_eta(remaining_s)}"]
+    speed = "(compiling: no speed yet)"
+    if "tokens_per_s" in m:
+      speed = f"{m['tokens_per_s']:,.0f} tok/s" + (f" | MFU {100 * m['mfu']:.1f}%" if "mfu" in m else "")
+    parts = [f"step {step}/{self.total_steps}", f"loss {m['loss']:.4f}"]
+    if "accuracy" in m:
+      parts.append(f"acc {m['accuracy']:.4f}")
+    parts += [f"lr {m['learning_rate']:.2e}", f"gnorm {m['grad_norm']:.3f}", speed, f"ETA {_fmt_eta(remaining_s)}"]
     print(" | ".join(parts), flush=True)
 
   def log(self, text: str) -> None:

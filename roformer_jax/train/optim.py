@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from roformer_jax.config import ConfigError
+
 
 def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, decay: str = "linear",
                   end_factor: float = 0.0, points: Mapping[int, float] | None = None) -> optax.Schedule:
@@ -20,12 +22,13 @@ def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, dec
   or piecewise-linear through `points` {step: factor} (bert4keras' `lr_schedule`, which starts at 0)."""
   if decay == "piecewise":
     if not points:
-      raise ValueError("optimizer.schedule: decay='piecewise' needs optimizer.points {step: factor}")
+      raise ConfigError("config.optimizer.decay='piecewise' needs config.optimizer.points {step: factor}")
     steps = jnp.array([0] + sorted(int(s) for s in points), jnp.float32)
     factors = jnp.array([0.0] + [float(points[s]) for s in sorted(points, key=int)], jnp.float32)
     return lambda step: learning_rate * jnp.interp(jnp.asarray(step, jnp.float32), steps, factors)
   if total_steps <= warmup_steps and decay != "constant":
-    raise ValueError(f"config.steps ({total_steps}) must exceed config.optimizer.warmup_steps ({warmup_steps})")
+    raise ConfigError(f"the run's {total_steps} steps (config.steps, or config.epochs) must exceed "
+                      f"config.optimizer.warmup_steps ({warmup_steps})")
   warm = optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1))
   rest = max(total_steps - warmup_steps, 1)
   if decay == "constant":
@@ -35,7 +38,7 @@ def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, dec
   elif decay == "cosine":
     after = optax.cosine_decay_schedule(learning_rate, rest, alpha=end_factor)
   else:
-    raise ValueError(f"optimizer.decay: unknown schedule {decay!r}; expected constant, linear, cosine or piecewise")
+    raise ConfigError(f"config.optimizer.decay: unknown schedule {decay!r}; expected constant, linear, cosine or piecewise")
   return optax.join_schedules([warm, after], [warmup_steps])
 
 
@@ -65,7 +68,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: 
   elif name == "adamw":
     tx = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   else:
-    raise ValueError(f"optimizer.name: unknown optimiser {name!r}; expected 'lamb', 'adamw' or 'adafactor'")
+    raise ConfigError(f"config.optimizer.name: unknown optimiser {name!r}; expected 'lamb', 'adamw' or 'adafactor'")
   if clip_norm and clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
   return tx

@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from roformer_jax.config import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -37,17 +39,17 @@ def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
   """Resolves one -1 entry to fill the devices; checks that the product matches."""
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh: at most one of mesh.data/mesh.fsdp/mesh.tensor may be -1, got {sizes}")
+    raise ConfigError(f"config.mesh: at most one of mesh.data/mesh.fsdp/mesh.tensor may be -1, got {sizes}")
   for name, s in zip(MESH_AXES, sizes):
     if s == 0 or s < -1:
-      raise ValueError(f"mesh.{name} must be a positive size or -1, got {s}")
+      raise ConfigError(f"config.mesh.{name} must be a positive size or -1, got {s}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes {sizes}")
+      raise ConfigError(f"config.mesh: {num_devices} devices are not divisible by the fixed axes {sizes}")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"mesh: data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
+    raise ConfigError(f"config.mesh: data*fsdp*tensor = {'*'.join(map(str, sizes))} = {math.prod(sizes)} "
                      f"but there are {num_devices} devices")
   return tuple(sizes)
 

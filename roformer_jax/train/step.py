@@ -117,7 +117,3 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
   # the outputs are pinned so the state keeps its layout step after step.
   return jax.jit(train_step, out_shardings=(shardings, None), donate_argnums=0)
 
-
-def make_eval_step(eval_fn: Callable[[Any, dict], dict]):
-  """Jitted `eval_fn(params, batch) -> sums` on the state's (already placed) params."""
-  return jax.jit(lambda state, batch: eval_fn(state.params, batch))

