@@ -75,7 +75,8 @@ class PretrainTask(Task):
     weight = max(float(sums["weight"]), 1.0)
     counts = sums["label_counts"]
     return {"eval_mlm_accuracy": float(sums["accuracy"]) / weight, "eval_loss": float(sums["loss"]) / weight,
-            "eval_majority_accuracy": float(counts.max() / max(counts.sum(), 1.0)), "eval_tokens": float(sums["weight"])}
+            "eval_majority_accuracy": float(counts.max() / max(counts.sum(), 1.0)),
+            "eval_tokens": float(sums["weight"])}
 
   def eval_summary(self, m: dict[str, float]) -> str:
     return (f"masked-token accuracy {m['eval_mlm_accuracy']:.4f} (majority-token baseline "

@@ -38,7 +38,8 @@ def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, dec
   elif decay == "cosine":
     after = optax.cosine_decay_schedule(learning_rate, rest, alpha=end_factor)
   else:
-    raise ConfigError(f"config.optimizer.decay: unknown schedule {decay!r}; expected constant, linear, cosine or piecewise")
+    raise ConfigError(f"config.optimizer.decay: unknown schedule {decay!r}; "
+                      "expected constant, linear, cosine or piecewise")
   return optax.join_schedules([warm, after], [warmup_steps])
 
 

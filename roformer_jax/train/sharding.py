@@ -15,8 +15,6 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from roformer_jax.config import ConfigError
-
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -37,6 +35,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
 
 def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
   """Resolves one -1 entry to fill the devices; checks that the product matches."""
+  from roformer_jax.config import ConfigError  # lazy: attention imports this module while config builds presets
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
     raise ConfigError(f"config.mesh: at most one of mesh.data/mesh.fsdp/mesh.tensor may be -1, got {sizes}")
