@@ -23,6 +23,7 @@ cli.define_flags("Fine-tuning config file (finetune/configs/*.py).")
 # config.task -> (module, Task class). A new task adds its line here.
 TASKS = {
     "classify": ("finetune.classify", "ClassifyTask"),
+    "pet": ("finetune.pet", "PetTask"),
 }
 
 
@@ -36,7 +37,10 @@ def make_task(cfg):
 def run(cfg, workdir: str | Path) -> dict[str, Any]:
   """Fine-tunes `cfg.task` into `workdir` (resuming if it has checkpoints); returns the final summary."""
   from roformer_jax.train import loop
-  return loop.train(make_task(cfg), cfg, workdir)
+  task = make_task(cfg)
+  if not getattr(task, "trains", True):  # e.g. PET zero-shot: evaluate the checkpoint as it is
+    return loop.evaluate_only(task, cfg, workdir)
+  return loop.train(task, cfg, workdir)
 
 
 def main(argv):

@@ -353,3 +353,32 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
                     "best_checkpoint": best.path()})
   summary.update(extra)
   return summary
+
+
+def evaluate_only(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
+  """No training: `task.finish` on the task's initial params (e.g. PET zero-shot: the checkpoint's MLM head
+  and a pattern), on the run's mesh, with the run's log. Returns the summary."""
+  import flax.linen as nn
+  import jax
+  import optax
+
+  from roformer_jax.train import sharding
+  from roformer_jax.train import step as step_lib
+  from roformer_jax.train.metrics import MetricsWriter
+
+  workdir = Path(workdir).expanduser().absolute()
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  local_batch = _check_batch(cfg, mesh)
+  writer = MetricsWriter(workdir, 0, enabled=jax.process_index() == 0)
+  try:
+    task.prepare(workdir, writer.log)
+    writer.log(f"task: {task.name}, evaluation only (no training steps); data: {task.describe()}")
+    tx = optax.identity()
+    _, shardings = step_lib.abstract_state(task.init_params, tx, mesh)
+    params = task.initial_params(step_lib.init_state(task.init_params, tx, cfg.seed, shardings).params)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+      out = task.finish(params, Runner(task, mesh, local_batch), workdir)
+  finally:
+    writer.close()
+  return {"task": task.name, "step": 0, **out}
+
