@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: pretrain test bench clean kernels
+.PHONY: pretrain finetune test bench clean kernels
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -19,6 +19,12 @@ kernels: $(STAMP)
 
 pretrain: $(STAMP) kernels
 	$(PY) -m pretrain.train --config pretrain/configs/tiny_cpu.py --workdir workdir/tiny_cpu
+
+# After `make pretrain`: PET few-shot (K = 200) on the embedded reviews and the [CLS] classifier on the same
+# labels, both from workdir/tiny_cpu; one JSON line at the end (finetune/pet_compare.py).
+finetune: $(STAMP) kernels
+	$(PY) -m finetune.pet_compare --config finetune/configs/pet.py --workdir workdir/pet_k200 \
+	    --config.init=workdir/tiny_cpu --config.k=200
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
 # single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps

@@ -11,8 +11,6 @@ this file only wires them into the train loop.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -144,21 +142,3 @@ class PetTask(Task):
       out[f"{split}_accuracy"] = self.eval_metrics(runner.sums(params, self._eval(split, runner.local_batch)))[
           "eval_accuracy"]
     return out
-
-  def write_labelled(self, folder: Path) -> dict[str, str]:
-    """The regime's labelled examples and the dev and test splits as JSON lines (text, label), written
-    atomically: what the [CLS] baseline trains on, the same labels."""
-    import jax
-    paths = {}
-    sets = {"train": self.labelled, "dev": self.splits["dev"], "test": self.splits["test"]}
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in sets.items():
-      path = folder / f"{name}.jsonl"
-      if jax.process_index() == 0:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-          for text, label in zip(data.texts, data.labels):
-            f.write(json.dumps({"text": text, "label": data.label_names[int(label)]}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-      paths[name] = str(path)
-    return paths

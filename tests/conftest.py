@@ -28,3 +28,22 @@ def text_corpus(tmp_path_factory):
     tokenization.write_vocab(tokenization.build_char_vocab(lines), root / "vocab.txt")
     return root
   return make
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrained(text_corpus):
+  """make(name): a tiny pretraining workdir (2 steps of tiny_cpu over 200 People's Daily lines, seq 32), trained
+  in this process with pretrain.train.run: what fine-tuning tests start from (`--config.init`)."""
+  def make(name: str):
+    from pretrain.configs import tiny_cpu
+    from pretrain.train import run
+    data = text_corpus(name, 200)
+    cfg = tiny_cpu.get_config()
+    cfg.update(dict(steps=2, batch_size=8, seq_len=32, log_every=1, eval_every=1000, eval_batches=1,
+                    checkpoint_every=2))
+    cfg.optimizer.warmup_steps = 1
+    cfg.data.update(dict(corpus=str(data / "corpus"), vocab=str(data / "vocab.txt"),
+                         data_dir=str(data / "cache"), num_workers=1))
+    run(cfg, data / "init")
+    return data / "init"
+  return make

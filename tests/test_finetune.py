@@ -39,20 +39,9 @@ def _reviews(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def init(text_corpus, tmp_path_factory):
-  """A tiny pretraining workdir, trained in this process with pretrain.train.run, and the review files."""
-  from pretrain.configs import tiny_cpu
-  from pretrain.train import run
-  data = text_corpus("finetune_init", 200)
-  cfg = tiny_cpu.get_config()
-  cfg.update(dict(steps=2, batch_size=8, seq_len=32, log_every=1, eval_every=1000, eval_batches=1,
-                  checkpoint_every=2))
-  cfg.optimizer.warmup_steps = 1
-  cfg.data.update(dict(corpus=str(data / "corpus"), vocab=str(data / "vocab.txt"), data_dir=str(data / "cache"),
-                       num_workers=1))
-  root = tmp_path_factory.mktemp("finetune")
-  run(cfg, root / "init")
-  return root / "init", _reviews(root)
+def init(tiny_pretrained, tmp_path_factory):
+  """A tiny pretraining workdir and the review files."""
+  return tiny_pretrained("finetune_init"), _reviews(tmp_path_factory.mktemp("finetune"))
 
 
 def _args(init, workdir, *extra):

@@ -31,4 +31,6 @@ def get_config():
   c.optimizer.warmup_steps = 0
   c.optimizer.decay = "constant"
   c.best_metric = "eval_accuracy"
+  # finetune.pet_compare (`make finetune`): the [CLS] baseline's learning rate; 0 = optimizer.learning_rate.
+  c.baseline_learning_rate = 0.0
   return c

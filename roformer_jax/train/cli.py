@@ -17,6 +17,8 @@ def define_flags(config_help: str) -> None:
   """Defines --config (locked ConfigDict from a Python file), --workdir and the multi-process flags."""
   from absl import flags
   from ml_collections import config_flags
+  if "config" in flags.FLAGS:  # another CLI module imported in the same process (a test, a driver) defined them
+    return
   config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard events go.")
   flags.DEFINE_string("coordinator", None, "host:port of process 0 (explicit multi-process runs).")
