@@ -79,3 +79,37 @@ def test_query_subset_takes_query_causal_ids():
   sub = attn.AttentionMask(key_mask, causal_ids=ids, query_causal_ids=take(ids))
   got = attn.get_attention("softmax")(take(q), k, v, sub, rope=rope, query_rope=tuple(take(t) for t in rope))
   np.testing.assert_allclose(got, take(full), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("platform, target", [("gpu", "__gpu$xla.gpu.triton"), ("tpu", "tpu_custom_call")])
+def test_pallas_unilm_kernels_lower_for_triton_and_mosaic(platform, target, monkeypatch):
+  """The causal-id refs lower for the devices too (lowering only: no accelerator here), as test_attention's."""
+  from jax import export
+  if platform == "tpu":
+    from jax._src.pallas.mosaic import tpu_info
+    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind,
+                        lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5E, 1))
+  n = 256
+  x = jax.ShapeDtypeStruct((1, n, 2, 64), jnp.bfloat16)
+
+  def fwd_bwd(q, k, v, key_mask, types):
+    mask = attn.AttentionMask(key_mask, causal_ids=unilm_causal_ids(types))
+    rope = rope_lib.rope_angles(rope_lib.default_positions(1, n), 64)
+    fn = lambda q, k, v: attn.get_attention("pallas")(q, k, v, mask, rope=rope, platform=platform, interpret=False)
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, vjp(out)
+
+  masks = (jax.ShapeDtypeStruct((1, n), jnp.bool_), jax.ShapeDtypeStruct((1, n), jnp.int32))
+  exported = export.export(jax.jit(fwd_bwd), platforms=["cuda" if platform == "gpu" else "tpu"],
+                           disabled_checks=[export.DisabledSafetyCheck.custom_call(target)])(x, x, x, *masks)
+  assert exported.mlir_module().count(f"@{target}" if platform == "gpu" else target) >= 3
+
+
+def test_model_refuses_unilm_where_the_variant_would_ignore_it():
+  import roformer_jax as rj
+  from roformer_jax.model import RoFormerModel
+  cfg = rj.get_config("roformer_v2_small", vocab_size=20, hidden_size=16, num_layers=1, num_heads=2,
+                      intermediate_size=16, attention="linear")
+  ids = jnp.ones((1, 6), jnp.int32)
+  with pytest.raises(ValueError, match=r"attention='linear' cannot take a UniLM / causal mask"):
+    RoFormerModel(cfg).init(jax.random.PRNGKey(0), ids, jnp.zeros_like(ids), unilm=True)
