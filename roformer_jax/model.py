@@ -115,12 +115,19 @@ def _activation(cfg: ModelConfig, x: Array) -> Array:
 
 class SelfAttention(nn.Module):
   """Multi-head self-attention; with `query_positions` [B, P], only those positions' outputs
-  ([B, P, hidden]): queries there, keys and values everywhere."""
+  ([B, P, hidden]): queries there, keys and values everywhere.
+
+  With `decode`, a key/value cache (collection "cache", [B, T, heads, head_size], T = the length the
+  cache was initialised with): x [B, P, hidden] are new tokens at cache slots `cache_positions` [B, P]
+  (also their RoPE positions); their keys and values are written there, and their queries attend to the
+  whole cache under `mask` (which `RoFormerModel` builds over the T slots)."""
   cfg: ModelConfig
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
-               deterministic: bool, query_positions: Array | None = None) -> Array:
+               deterministic: bool, query_positions: Array | None = None,
+               cache_positions: Array | None = None) -> Array:
     cfg = self.cfg
     heads = (cfg.num_heads, cfg.head_size)
     options = dict(cfg.attention_options)
@@ -130,6 +137,8 @@ class SelfAttention(nn.Module):
       options["query_rope"] = tuple(gather_positions(t, query_positions) for t in rope)
       if mask.segment_ids is not None:
         mask = mask.replace(query_segment_ids=gather_positions(mask.segment_ids, query_positions))
+      if mask.causal_ids is not None:
+        mask = mask.replace(query_causal_ids=gather_positions(mask.causal_ids, query_positions))
     q = Dense(cfg, heads, ("embed", "heads", "kv"), name="query")(xq)
     k = Dense(cfg, heads, ("embed", "heads", "kv"), name="key")(x)
     v = Dense(cfg, heads, ("embed", "heads", "kv"), name="value")(x)
@@ -137,6 +146,22 @@ class SelfAttention(nn.Module):
     if cfg.rotary_value:
       v = rope_lib.apply_rope(v, *rope)
     attend = attention_lib.get_attention(cfg.attention)
+    if self.decode:
+      initialised = self.has_variable("cache", "cached_key")
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if initialised:  # (at init the cache is only shaped: run as a plain layer)
+        rows = jnp.arange(k.shape[0])[:, None]
+        cached_k.value = cached_k.value.at[rows, cache_positions].set(k)
+        cached_v.value = cached_v.value.at[rows, cache_positions].set(v)
+        k, v = cached_k.value, cached_v.value
+        # Queries at P of the T slots: a variant that takes query subsets (default: softmax).
+        if attention_lib.supports_query_subset(cfg.attention) and attention_lib.supports_causal_ids(cfg.attention):
+          options = {**dict(cfg.attention_options), "query_rope": rope}
+        else:
+          attend, options = attention_lib.get_attention("softmax"), {"query_rope": rope}
+        rope = rope_lib.rope_angles(rope_lib.default_positions(k.shape[0], k.shape[1]), cfg.head_size,
+                                    cfg.rope_base)
     dropout_rng = None
     if not deterministic and cfg.attention_dropout > 0:
       dropout_rng = self.make_rng("dropout")
@@ -168,15 +193,20 @@ class EncoderLayer(nn.Module):
   keys and values is row-wise, so for a query-subset attention (`prunes_last_layer`) the queries,
   the output projection, the FFN and the norms run at those P rows only: the same values, at
   ~P/L of the layer's cost. Other variants run the full layer and gather.
+
+  With `decode`, the attention keeps a key/value cache and x holds new tokens at `cache_positions`
+  (see `SelfAttention`); the layer is never pruned then.
   """
   cfg: ModelConfig
   scanned: bool = False
+  decode: bool = False
 
   @nn.compact
   def __call__(self, x: Array, mask: attention_lib.AttentionMask, rope: tuple[Array, Array],
-               deterministic: bool, residual_scale: Array | float = 1.0, output_positions: Array | None = None):
+               deterministic: bool, residual_scale: Array | float = 1.0, output_positions: Array | None = None,
+               cache_positions: Array | None = None):
     cfg = self.cfg
-    pruned = output_positions is not None and prunes_last_layer(cfg)
+    pruned = output_positions is not None and prunes_last_layer(cfg) and not self.decode
     if cfg.attention in mixers.BLOCKS:
       x = mixers.BLOCKS[cfg.attention](cfg, name="block")(x, mask, rope, deterministic, residual_scale)
     else:
@@ -185,8 +215,12 @@ class EncoderLayer(nn.Module):
         a = SelfAttention(cfg, name="attention")(x, mask, rope, deterministic, output_positions)
         x = gather_positions(x, output_positions)
       else:
-        mixer = mixers.TOKEN_MIXERS.get(cfg.attention, SelfAttention)
-        a = mixer(cfg, name="attention")(x, mask, rope, deterministic)
+        if self.decode:
+          a = SelfAttention(cfg, decode=True, name="attention")(x, mask, rope, deterministic,
+                                                                cache_positions=cache_positions)
+        else:
+          mixer = mixers.TOKEN_MIXERS.get(cfg.attention, SelfAttention)
+          a = mixer(cfg, name="attention")(x, mask, rope, deterministic)
       x = Norm(cfg, cfg.hidden_size, name="attention_norm")(x + residual_scale * drop(a))
       x = _constrain(x, ("batch", "length", "embed"))
       f = FeedForward(cfg, name="ffn")(x)
@@ -209,16 +243,17 @@ _REMAT_POLICIES = {
 }
 
 
-def _layer_class(cfg: ModelConfig, scan_length: int | None = None):
-  """The layer class as configured: remat'd, and scanned over `scan_length` layers (None: not scanned)."""
+def _layer_class(cfg: ModelConfig, scan_length: int | None = None, decode: bool = False):
+  """The layer class as configured: remat'd, and scanned over `scan_length` layers (None: not scanned).
+  Decoding (no gradients) is never remat'd; its key/value cache scans with the params."""
   cls = EncoderLayer
-  if cfg.remat != "none":
+  if cfg.remat != "none" and not decode:
     # argnum 4 (self=0, x, mask, rope, deterministic) is a Python bool: static for remat.
     # prevent_cse only outside a scan (inside one it is not needed, and costs).
     cls = nn.remat(cls, static_argnums=(4,), policy=_REMAT_POLICIES[cfg.remat], prevent_cse=scan_length is None)
   if scan_length is not None:
-    cls = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                  in_axes=(nn.broadcast,) * 4, length=scan_length,
+    cls = nn.scan(cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True, "dropout": True},
+                  in_axes=(nn.broadcast,) * (6 if decode else 4), length=scan_length,
                   metadata_params={nn.PARTITION_NAME: "layers"})
   return cls
 
@@ -274,37 +309,90 @@ class RoFormerModel(nn.Module):
     residual_scale: the RoFormerV2 residual warm-up factor alpha (1 = plain post-norm).
     output_positions: [B, P]; if given, only the hidden states there, [B, P, hidden]. The last
       layer then runs its queries, FFN and norms at those rows only (see `EncoderLayer`).
+    unilm: UniLM's seq2seq mask from `token_type_ids` (0 source, 1 target), as bert4keras
+      `application='unilm'`: causal_ids = cumsum(token_type_ids) (`roformer_jax.seq2seq.mask`).
+    causal_ids: [B, L] explicit causal ids (key k visible to query q iff ids[k] <= ids[q]; see
+      `attention.AttentionMask`); wins over `unilm`.
+    inputs_embeds: [B, L, hidden] vectors to run the stack on instead of the embedding layer's output
+      (TeaForN re-feeds hidden states); input_ids then only give the default padding mask.
+
+  With `decode=True` (generation), the attention layers keep a key/value cache of T slots (T = the
+  length at `init`; see `roformer_jax.seq2seq.decode`): each call takes new tokens [B, P] with explicit
+  `position_ids` [B, P] (their cache slots and RoPE positions) and `causal_ids` [B, P], and attends to
+  everything cached so far plus themselves. Only attention variants that take `causal_ids` decode.
   """
   cfg: ModelConfig
+  decode: bool = False
 
   def setup(self):
     self.embeddings = Embeddings(self.cfg)
-    layer = _layer_class(self.cfg, self.cfg.num_layers if self.cfg.scan_layers else None)
+    scan = self.cfg.num_layers if self.cfg.scan_layers else None
+    layer = _layer_class(self.cfg, scan, self.decode)
     if self.cfg.scan_layers:
-      self.layers = layer(self.cfg, scanned=True, name="layers")
+      self.layers = layer(self.cfg, scanned=True, decode=self.decode, name="layers")
     else:
-      self.layers = [layer(self.cfg, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+      self.layers = [layer(self.cfg, decode=self.decode, name=f"layer_{i}") for i in range(self.cfg.num_layers)]
+    if self.decode:
+      self.decode_state = DecodeState()
 
   def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
                *, position_ids: Array | None = None, segment_ids: Array | None = None,
                deterministic: bool = True, residual_scale: Array | float = 1.0,
-               output_positions: Array | None = None) -> Array:
+               output_positions: Array | None = None, unilm: bool = False, causal_ids: Array | None = None,
+               inputs_embeds: Array | None = None) -> Array:
+    if causal_ids is None and unilm:
+      causal_ids = jnp.cumsum(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                              axis=-1, dtype=jnp.int32)
+    if causal_ids is not None and not attention_lib.supports_causal_ids(self.cfg.attention):
+      raise ValueError(f"attention={self.cfg.attention!r} cannot take a UniLM / causal mask (causal_ids); use one "
+                       "of softmax, dot_product, blockwise, pallas")
     with matmul_precision(self.cfg):
+      if self.decode:
+        return self._decode(input_ids, token_type_ids, attention_mask, position_ids, causal_ids, output_positions)
       return self._encode(input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
-                          residual_scale, output_positions)
+                          residual_scale, output_positions, causal_ids, inputs_embeds)
+
+  def _decode(self, input_ids, token_type_ids, attention_mask, position_ids, causal_ids, output_positions):
+    """New tokens [B, P] into the cache at `position_ids` [B, P]; see the class docstring."""
+    cfg = self.cfg
+    if cfg.attention in mixers.BLOCKS or cfg.attention in mixers.TOKEN_MIXERS:
+      raise ValueError(f"attention={cfg.attention!r} has no key/value cache to decode with")
+    if position_ids is None or causal_ids is None:
+      raise ValueError("decode=True: pass the new tokens' position_ids (cache slots) and causal_ids (or unilm=True "
+                       "for a whole sequence at init)")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    batch, length = input_ids.shape
+    position_ids = jnp.broadcast_to(position_ids, (batch, length))
+    causal_ids = jnp.broadcast_to(causal_ids, (batch, length)).astype(jnp.int32)
+    key_mask = _default_mask(input_ids, attention_mask, cfg.pad_token_id)
+    # The mask over all T slots: what is cached (real tokens only) plus these tokens, by causal ids.
+    mask = self.decode_state(key_mask, causal_ids, position_ids, self.is_initializing())
+    rope = rope_lib.rope_angles(position_ids, cfg.head_size, cfg.rope_base)
+    x = self.embeddings(input_ids, token_type_ids, True)
+    if cfg.scan_layers:
+      x, _ = self.layers(x, mask, rope, True, 1.0, None, position_ids)
+    else:
+      for layer in self.layers:
+        x = layer(x, mask, rope, True, 1.0, None, position_ids)
+    return x if output_positions is None else gather_positions(x, output_positions)
 
   def _encode(self, input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
-              residual_scale, output_positions):
+              residual_scale, output_positions, causal_ids=None, inputs_embeds=None):
     cfg = self.cfg
     batch, length = input_ids.shape
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    mask = attention_lib.AttentionMask(_default_mask(input_ids, attention_mask, cfg.pad_token_id), segment_ids)
+    mask = attention_lib.AttentionMask(_default_mask(input_ids, attention_mask, cfg.pad_token_id), segment_ids,
+                                       causal_ids=causal_ids)
     if position_ids is None:
       position_ids = rope_lib.default_positions(batch, length)
     position_ids = jnp.broadcast_to(position_ids, (batch, length))
     rope = rope_lib.rope_angles(position_ids, cfg.head_size, cfg.rope_base)
-    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    if inputs_embeds is None:
+      x = self.embeddings(input_ids, token_type_ids, deterministic)
+    else:
+      x = _constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), ("batch", "length", "embed"))
     if not cfg.scan_layers:
       for layer in self.layers[:-1]:
         x = layer(x, mask, rope, deterministic, residual_scale)
@@ -331,6 +419,23 @@ class RoFormerModel(nn.Module):
     x, _ = scanned.apply({"params": first}, x, mask, rope, deterministic, residual_scale, rngs=rngs)
     return _layer_class(cfg)(cfg, parent=None).apply({"params": last}, x, mask, rope, deterministic,
                                                     residual_scale, output_positions, rngs=rngs_last)
+
+
+class DecodeState(nn.Module):
+  """The decoding cache's mask state over its T slots (collection "cache"): which slots hold real tokens
+  and their causal ids. Returns the AttentionMask for the new tokens' queries over all slots."""
+
+  @nn.compact
+  def __call__(self, key_mask: Array, causal_ids: Array, positions: Array,
+               initializing: bool) -> attention_lib.AttentionMask:
+    filled = self.variable("cache", "key_mask", jnp.zeros, key_mask.shape, bool)
+    ids = self.variable("cache", "causal_ids", jnp.zeros, causal_ids.shape, jnp.int32)
+    if initializing:  # shapes only; the model runs on its inputs as a plain encoder
+      return attention_lib.AttentionMask(key_mask, causal_ids=causal_ids)
+    rows = jnp.arange(key_mask.shape[0])[:, None]
+    filled.value = filled.value.at[rows, positions].set(key_mask)
+    ids.value = ids.value.at[rows, positions].set(causal_ids)
+    return attention_lib.AttentionMask(filled.value, causal_ids=ids.value, query_causal_ids=causal_ids)
 
 
 def gather_positions(x: Array, positions: Array) -> Array:
@@ -360,24 +465,44 @@ class RoFormerForMaskedLM(nn.Module):
   """Encoder + MLM head. Returns float32 logits [B, L, V], or [B, P, V] at `masked_positions` [B, P].
 
   The gathered form is what training uses: logits are never materialised for unmasked tokens.
+
+  It is also the seq2seq LM head: with `unilm=True` (UniLM mask from token_type_ids, see `RoFormerModel`)
+  the logits at position i score token i + 1, as bert4keras `application='unilm', with_mlm=True`.
+  `decode=True` keeps a key/value cache for generation (`roformer_jax.seq2seq.decode`).
   """
   cfg: ModelConfig
+  decode: bool = False
 
   def setup(self):
-    self.roformer = RoFormerModel(self.cfg)
+    self.roformer = RoFormerModel(self.cfg, decode=self.decode)
     self.mlm = MLMHead(self.cfg)
 
   def __call__(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
                *, masked_positions: Array | None = None, position_ids: Array | None = None,
                segment_ids: Array | None = None, deterministic: bool = True,
-               residual_scale: Array | float = 1.0) -> Array:
+               residual_scale: Array | float = 1.0, unilm: bool = False, causal_ids: Array | None = None,
+               inputs_embeds: Array | None = None) -> Array:
+    return self.hidden_and_logits(input_ids, token_type_ids, attention_mask, masked_positions=masked_positions,
+                                  position_ids=position_ids, segment_ids=segment_ids, deterministic=deterministic,
+                                  residual_scale=residual_scale, unilm=unilm, causal_ids=causal_ids,
+                                  inputs_embeds=inputs_embeds)[1]
+
+  def hidden_and_logits(self, input_ids: Array, token_type_ids: Array | None = None,
+                        attention_mask: Array | None = None, *, masked_positions: Array | None = None,
+                        **kwargs) -> tuple[Array, Array]:
+    """(final hidden states, logits): `__call__`'s logits with the hidden states they came from."""
     # At `masked_positions` the encoder's last layer runs only at those rows (exact, ~P/L of its cost).
-    h = self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
-                      segment_ids=segment_ids, deterministic=deterministic, residual_scale=residual_scale,
-                      output_positions=masked_positions)
+    h = self.roformer(input_ids, token_type_ids, attention_mask, output_positions=masked_positions, **kwargs)
     with matmul_precision(self.cfg):
       logits = self.mlm(h, self.roformer.embeddings)
-    return _constrain(logits, ("batch", "length", "vocab"))
+    return h, _constrain(logits, ("batch", "length", "vocab"))
+
+  def embed(self, input_ids: Array, token_type_ids: Array | None = None, deterministic: bool = True) -> Array:
+    """The embedding layer's output [B, L, hidden]: what `inputs_embeds` replaces."""
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    with matmul_precision(self.cfg):
+      return self.roformer.embeddings(input_ids, token_type_ids, deterministic)
 
 
 def init_params(model: nn.Module, rng: jax.Array, length: int = 8) -> dict:

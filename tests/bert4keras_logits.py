@@ -4,7 +4,8 @@
 
     python tests/bert4keras_logits.py JOBS.json
 
-JOBS.json lists {"folder", "model" ("roformer" | "roformer_v2"), "ids", "segments", "out"}: each
+JOBS.json lists {"folder", "model" ("roformer" | "roformer_v2"), "ids", "segments", "out", optional
+"application" ("encoder" by default, or "unilm" for the seq2seq mask from the segment ids)}: each
 folder holds bert_config.json + bert_model.ckpt.*, ids/segments are .npy int arrays [B, L], and the
 logits [B, L, V] go to `out` (.npy). A separate process because bert4keras needs TF_KERAS and
 TF_USE_LEGACY_KERAS set before TensorFlow is first imported, and TF takes seconds to import.
@@ -28,14 +29,15 @@ ENV = {
 
 
 def run(jobs, tmp):
-  """MLM logits for each job (folder, model, ids, segments), from one bert4keras process."""
+  """MLM logits for each job (folder, model, ids, segments[, application]), from one bert4keras process."""
   tmp = Path(tmp)
   spec = []
-  for n, (folder, model, ids, segments) in enumerate(jobs):
+  for n, (folder, model, ids, segments, *application) in enumerate(jobs):
     np.save(tmp / f"b4k_ids{n}.npy", np.asarray(ids, np.int32))
     np.save(tmp / f"b4k_seg{n}.npy", np.asarray(segments, np.int32))
     spec.append(dict(folder=str(folder), model=model, ids=str(tmp / f"b4k_ids{n}.npy"),
-                     segments=str(tmp / f"b4k_seg{n}.npy"), out=str(tmp / f"b4k_logits{n}.npy")))
+                     segments=str(tmp / f"b4k_seg{n}.npy"), out=str(tmp / f"b4k_logits{n}.npy"),
+                     application=application[0] if application else "encoder"))
   (tmp / "b4k_jobs.json").write_text(json.dumps(spec))
   proc = subprocess.run([sys.executable, __file__, str(tmp / "b4k_jobs.json")], env={**os.environ, **ENV},
                         capture_output=True, text=True, timeout=300)
@@ -54,7 +56,8 @@ def main(jobs_file):
     folder = job["folder"]
     model = build_transformer_model(os.path.join(folder, "bert_config.json"),
                                     os.path.join(folder, "bert_model.ckpt"),
-                                    model=job["model"], with_mlm="linear")
+                                    model=job["model"], with_mlm="linear",
+                                    application=job.get("application", "encoder"))
     ids, segments = np.load(job["ids"]), np.load(job["segments"])
     logits = model.predict([ids, segments], batch_size=len(ids), verbose=0)
     np.save(job["out"], np.asarray(logits, np.float32))

@@ -63,9 +63,10 @@ def key_codes(mask: AttentionMask, length: int) -> jax.Array:
   return jnp.pad(codes, ((0, 0), (0, pad)), constant_values=-1)
 
 
-def mask_scores(s: jax.Array, codes: jax.Array, seg_q: jax.Array | None,
-                seg_k: jax.Array | None) -> tuple[jax.Array, jax.Array]:
-  """Masks scores s [..., bq, bk] by key codes [..., 1, bk] and optional segments [..., bq, 1] / [..., 1, bk].
+def mask_scores(s: jax.Array, codes: jax.Array, seg_q: jax.Array | None, seg_k: jax.Array | None,
+                cid_q: jax.Array | None = None, cid_k: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Masks scores s [..., bq, bk] by key codes [..., 1, bk], optional segments [..., bq, 1] / [..., 1, bk]
+  and optional causal ids (same shapes; key visible where cid_k <= cid_q, see `AttentionMask`).
 
   Returns (masked scores, visible). The backward needs `visible`: the reference's `where` passes no
   gradient to masked scores, even in a fully masked row where their probabilities are 1/L.
@@ -73,6 +74,8 @@ def mask_scores(s: jax.Array, codes: jax.Array, seg_q: jax.Array | None,
   visible = codes > 0
   if seg_q is not None:
     visible = visible & (seg_q == seg_k)
+  if cid_q is not None:
+    visible = visible & (cid_k <= cid_q)
   return jnp.where(visible, s, jnp.where(codes < 0, PAD, MASKED)), visible
 
 
@@ -102,9 +105,9 @@ def _unblocks(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(x, 0, 2).reshape(b, h, nb * size, *x.shape[4:])
 
 
-def _scores(q, k, codes, seg_q, seg_k):
+def _scores(q, k, codes, seg_q, seg_k, cid_q, cid_k):
   s = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-  return mask_scores(s, codes, seg_q, seg_k)
+  return mask_scores(s, codes, seg_q, seg_k, cid_q, cid_k)
 
 
 def _keep(seed, rate, shape, q0, k0, bq, bk):
@@ -123,7 +126,7 @@ def _segments(seg, size):
   return blocks[:, :, None, :, None], blocks[:, :, None, None, :]
 
 
-def _forward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk):
+def _forward(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk):
   """Returns o [B, H, Lq, D] (v.dtype) and the row statistics (m, log l), each [B, H, Lq] float32.
 
   m and log l stay separate: in a fully masked row m = MASKED, where m + log l rounds back to m.
@@ -133,16 +136,18 @@ def _forward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk):
   cb = jnp.moveaxis(codes.reshape(codes.shape[0], nk, bk), 1, 0)[:, :, None, None, :]
   sq = _segments(seg_q, bq)[0] if seg_q is not None else None
   sk = _segments(seg_k, bk)[1] if seg_k is not None else None
+  cq = _segments(cid_q, bq)[0] if cid_q is not None else None
+  ck = _segments(cid_k, bk)[1] if cid_k is not None else None
   inv_keep = 1.0 / (1.0 - rate) if rate else 1.0
 
   def q_step(_, qi):
-    i, q_blk, seg_qi = qi
+    i, q_blk, seg_qi, cid_qi = qi
     shape = q_blk.shape[:3]
 
     def k_step(carry, kj):
       o, m, l = carry
-      j, k_blk, v_blk, c, seg_kj = kj
-      s, _ = _scores(q_blk, k_blk, c, seg_qi, seg_kj)
+      j, k_blk, v_blk, c, seg_kj, cid_kj = kj
+      s, _ = _scores(q_blk, k_blk, c, seg_qi, seg_kj, cid_qi, cid_kj)
       m_new = jnp.maximum(m, s.max(-1))
       p = jnp.exp(s - m_new[..., None])
       corr = jnp.exp(m - m_new)
@@ -154,14 +159,14 @@ def _forward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk):
 
     init = (jnp.zeros(shape + (v.shape[-1],), jnp.float32), jnp.full(shape, PAD, jnp.float32),
             jnp.zeros(shape, jnp.float32))
-    (o, m, l), _ = jax.lax.scan(k_step, init, (jnp.arange(nk), kb, vb, cb, sk))
+    (o, m, l), _ = jax.lax.scan(k_step, init, (jnp.arange(nk), kb, vb, cb, sk, ck))
     return None, ((o / l[..., None]).astype(v.dtype), m, jnp.log(l))
 
-  _, (o, m, log_l) = jax.lax.scan(q_step, None, (jnp.arange(nq), qb, sq))
+  _, (o, m, log_l) = jax.lax.scan(q_step, None, (jnp.arange(nq), qb, sq, cq))
   return _unblocks(o), (_unblocks(m), _unblocks(log_l))
 
 
-def _backward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk, o, stats, do):
+def _backward(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk, o, stats, do):
   """dq, dk, dv in one sweep: outer loop over key blocks (dk, dv finished per block), inner over query
   blocks, whose dq contributions are summed across the outer loop. Scores are computed once."""
   nq, nk = q.shape[2] // bq, k.shape[2] // bk
@@ -172,15 +177,17 @@ def _backward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk, o, stats, do):
   cb = jnp.moveaxis(codes.reshape(codes.shape[0], nk, bk), 1, 0)[:, :, None, None, :]
   sq = _segments(seg_q, bq)[0] if seg_q is not None else None
   sk = _segments(seg_k, bk)[1] if seg_k is not None else None
+  cq = _segments(cid_q, bq)[0] if cid_q is not None else None
+  ck = _segments(cid_k, bk)[1] if cid_k is not None else None
   inv_keep = 1.0 / (1.0 - rate) if rate else 1.0
 
   def k_step(dq, kj):
-    j, k_blk, v_blk, c, seg_kj = kj
+    j, k_blk, v_blk, c, seg_kj, cid_kj = kj
 
     def q_step(carry, qi):
       dk, dv = carry
-      i, q_blk, do_blk, m_blk, log_l_blk, delta_blk, seg_qi = qi
-      s, visible = _scores(q_blk, k_blk, c, seg_qi, seg_kj)
+      i, q_blk, do_blk, m_blk, log_l_blk, delta_blk, seg_qi, cid_qi = qi
+      s, visible = _scores(q_blk, k_blk, c, seg_qi, seg_kj, cid_qi, cid_kj)
       p = jnp.exp((s - m_blk[..., None]) - log_l_blk[..., None])
       dp = jnp.einsum("bhqd,bhkd->bhqk", do_blk, v_blk, preferred_element_type=jnp.float32)
       pd = p
@@ -197,28 +204,28 @@ def _backward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk, o, stats, do):
       return (dk, dv), dq_i
 
     zeros = jnp.zeros(k_blk.shape[:2] + (k.shape[-1], k_blk.shape[2]), jnp.float32)
-    (dk, dv), dq_j = jax.lax.scan(q_step, (zeros, zeros), (jnp.arange(nq), qb, dob, mb, log_lb, deltab, sq))
+    (dk, dv), dq_j = jax.lax.scan(q_step, (zeros, zeros), (jnp.arange(nq), qb, dob, mb, log_lb, deltab, sq, cq))
     return dq + dq_j, (jnp.swapaxes(dk, -1, -2), jnp.swapaxes(dv, -1, -2))
 
   dq0 = jnp.zeros((nq,) + qb.shape[1:], jnp.float32)
-  dq, (dk, dv) = jax.lax.scan(k_step, dq0, (jnp.arange(nk), kb, vb, cb, sk))
+  dq, (dk, dv) = jax.lax.scan(k_step, dq0, (jnp.arange(nk), kb, vb, cb, sk, ck))
   return _unblocks(dq).astype(q.dtype), _unblocks(dk).astype(k.dtype), _unblocks(dv).astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _flash(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk):
-  return _forward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11))
+def _flash(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk):
+  return _forward(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk)[0]
 
 
-def _flash_fwd(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk):
-  o, stats = _forward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk)
-  return o, (q, k, v, codes, seg_q, seg_k, seed, o, stats)
+def _flash_fwd(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk):
+  o, stats = _forward(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk)
+  return o, (q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, o, stats)
 
 
 def _flash_bwd(rate, bq, bk, res, do):
-  q, k, v, codes, seg_q, seg_k, seed, o, stats = res
-  dq, dk, dv = _backward(q, k, v, codes, seg_q, seg_k, seed, rate, bq, bk, o, stats, do)
-  return dq, dk, dv, None, None, None, None
+  q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, o, stats = res
+  dq, dk, dv = _backward(q, k, v, codes, seg_q, seg_k, cid_q, cid_k, seed, rate, bq, bk, o, stats, do)
+  return dq, dk, dv, None, None, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -234,7 +241,7 @@ def attention_dropout(dropout_rate: float, dropout_rng: jax.Array | None, determ
   return float(dropout_rate), dropout_seed(dropout_rng)
 
 
-@register("blockwise")
+@register("blockwise", causal_ids=True)
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                         rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                         dropout_rng: jax.Array | None = None, deterministic: bool = True,
@@ -257,7 +264,11 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Attentio
   seg = mask.segment_ids
   seg_q = None if seg is None else pad_to(seg.astype(jnp.int32), 1, lq, -1)
   seg_k = None if seg is None else pad_to(seg.astype(jnp.int32), 1, lk, -2)
+  # Causal ids are padded with 0: padded keys are PAD-coded anyway, padded queries are dropped.
+  cid = mask.causal_ids
+  cid_q = None if cid is None else pad_to(cid.astype(jnp.int32), 1, lq, 0)
+  cid_k = None if cid is None else pad_to(cid.astype(jnp.int32), 1, lk, 0)
   rate, seed = attention_dropout(dropout_rate, dropout_rng, deterministic, "blockwise")
-  out = _flash(to_heads(q, lq), to_heads(k, lk), to_heads(v, lk), key_codes(mask, lk), seg_q, seg_k, seed,
-               rate, bq, bk)
+  out = _flash(to_heads(q, lq), to_heads(k, lk), to_heads(v, lk), key_codes(mask, lk), seg_q, seg_k, cid_q, cid_k,
+               seed, rate, bq, bk)
   return jnp.swapaxes(out[:, :, :n], 1, 2)

@@ -80,7 +80,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMas
   return jnp.where(sees_any, out, uniform)
 
 
-@register("dot_product", query_subset=True)
+@register("dot_product", query_subset=True, causal_ids=True)
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                           rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                           dropout_rng: jax.Array | None = None, deterministic: bool = True,

@@ -60,23 +60,24 @@ def _iota(shape, axis, start):
   return start + jax.lax.broadcasted_iota(jnp.int32, shape, axis)
 
 
-def _score_block(qe, qo, ke, ko, codes, seg_q, seg_k):
+def _score_block(qe, qo, ke, ko, codes, seg_q, seg_k, cid_q, cid_k):
   s = _dot(qe, ke, _NT) + _dot(qo, ko, _NT)
-  return blockwise.mask_scores(s, codes, seg_q, seg_k)
+  return blockwise.mask_scores(s, codes, seg_q, seg_k, cid_q, cid_k)
 
 
 # ----------------------------------------------------------------------------------------------
 # Kernels. Refs: q/k/v/o tiles [rows, D]; sin/cos [rows, D/2]; codes and key segments [1, Lk];
-# query segments and row statistics [rows, 1]; seed [1].
+# query segments / causal ids and row statistics [rows, 1]; key causal ids [1, Lk]; seed [1].
 # ----------------------------------------------------------------------------------------------
-def _fwd_kernel(q_ref, k_ref, v_ref, sin_q, cos_q, sin_k, cos_k, codes_ref, segq_ref, segk_ref, seed_ref,
-                o_ref, m_ref, logl_ref, *, bq, bk, nk, scale, rate, dtype):
+def _fwd_kernel(q_ref, k_ref, v_ref, sin_q, cos_q, sin_k, cos_k, codes_ref, segq_ref, segk_ref, cidq_ref, cidk_ref,
+                seed_ref, o_ref, m_ref, logl_ref, *, bq, bk, nk, scale, rate, dtype):
   b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   d = q_ref.shape[-1]
   qe, qo = _halves(q_ref, slice(None), d)
   qe, qo = _rotate(qe, qo, sin_q[...], cos_q[...])
   qe, qo = (qe * scale).astype(dtype), (qo * scale).astype(dtype)
   seg_q = None if segq_ref is None else segq_ref[...]
+  cid_q = None if cidq_ref is None else cidq_ref[...]
 
   def body(j, carry):
     o, m, l = carry
@@ -84,7 +85,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, sin_q, cos_q, sin_k, cos_k, codes_ref, segq
     ke, ko = _halves(k_ref, rows, d)
     ke, ko = _rotate(ke, ko, sin_k[rows, :], cos_k[rows, :])
     seg_k = None if segk_ref is None else segk_ref[:, rows]
-    s, _ = _score_block(qe, qo, ke.astype(dtype), ko.astype(dtype), codes_ref[:, rows], seg_q, seg_k)
+    cid_k = None if cidk_ref is None else cidk_ref[:, rows]
+    s, _ = _score_block(qe, qo, ke.astype(dtype), ko.astype(dtype), codes_ref[:, rows], seg_q, seg_k, cid_q, cid_k)
     m_new = jnp.maximum(m, s.max(axis=1, keepdims=True))
     p = jnp.exp(s - m_new)
     corr = jnp.exp(m - m_new)
@@ -104,7 +106,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, sin_q, cos_q, sin_k, cos_k, codes_ref, segq
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, cos_q, sin_k, cos_k, codes_ref,
-                segq_ref, segk_ref, seed_ref, dk_ref, dv_ref, *, bq, bk, nq, scale, rate, dtype):
+                segq_ref, segk_ref, cidq_ref, cidk_ref, seed_ref, dk_ref, dv_ref, *, bq, bk, nq, scale, rate, dtype):
   b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   d = k_ref.shape[-1]
   sin, cos = sin_k[...], cos_k[...]
@@ -113,6 +115,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, 
   v = v_ref[...]
   codes = codes_ref[...]
   seg_k = None if segk_ref is None else segk_ref[...]
+  cid_k = None if cidk_ref is None else cidk_ref[...]
 
   def body(i, carry):
     dke, dko, dv = carry
@@ -120,7 +123,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, 
     qe, qo = _rotate(*_halves(q_ref, rows, d), sin_q[rows, :], cos_q[rows, :])
     qe, qo = (qe * scale).astype(dtype), (qo * scale).astype(dtype)
     seg_q = None if segq_ref is None else segq_ref[rows, :]
-    s, visible = _score_block(qe, qo, ke, ko, codes, seg_q, seg_k)
+    cid_q = None if cidq_ref is None else cidq_ref[rows, :]
+    s, visible = _score_block(qe, qo, ke, ko, codes, seg_q, seg_k, cid_q, cid_k)
     p = jnp.exp((s - m_ref[rows, :]) - logl_ref[rows, :])
     do = do_ref[rows, :]
     dp = _dot(do, v, _NT)
@@ -140,13 +144,14 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, 
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, cos_q, sin_k, cos_k, codes_ref,
-               segq_ref, segk_ref, seed_ref, dq_ref, *, bq, bk, nk, scale, rate, dtype):
+               segq_ref, segk_ref, cidq_ref, cidk_ref, seed_ref, dq_ref, *, bq, bk, nk, scale, rate, dtype):
   b, h, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   d = q_ref.shape[-1]
   sin, cos = sin_q[...], cos_q[...]
   qe, qo = _rotate(*_halves(q_ref, slice(None), d), sin, cos)
   qe, qo = (qe * scale).astype(dtype), (qo * scale).astype(dtype)
   seg_q = None if segq_ref is None else segq_ref[...]
+  cid_q = None if cidq_ref is None else cidq_ref[...]
   do, m, logl, delta = do_ref[...], m_ref[...], logl_ref[...], delta_ref[...]
 
   def body(j, carry):
@@ -155,7 +160,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, m_ref, logl_ref, delta_ref, sin_q, c
     ke, ko = _rotate(*_halves(k_ref, rows, d), sin_k[rows, :], cos_k[rows, :])
     ke, ko = ke.astype(dtype), ko.astype(dtype)
     seg_k = None if segk_ref is None else segk_ref[:, rows]
-    s, visible = _score_block(qe, qo, ke, ko, codes_ref[:, rows], seg_q, seg_k)
+    cid_k = None if cidk_ref is None else cidk_ref[:, rows]
+    s, visible = _score_block(qe, qo, ke, ko, codes_ref[:, rows], seg_q, seg_k, cid_q, cid_k)
     p = jnp.exp((s - m) - logl)
     dp = _dot(do, v_ref[rows, :], _NT)
     if rate:
@@ -183,7 +189,8 @@ def _compiler_params(platform: str, grid_rank: int):
 
 
 def _specs(n: int, d: int, bq: int, bk: int, tiled: str) -> dict:
-  """BlockSpecs for (q, k, v, [do, m, logl, delta], sin_q, cos_q, sin_k, cos_k, codes, seg_q, seg_k, seed).
+  """BlockSpecs for (q, k, v, [do, m, logl, delta], sin_q, cos_q, sin_k, cos_k, codes, seg_q, seg_k, cid_q, cid_k,
+  seed).
 
   `tiled` says which side the grid's last axis walks ("q" or "k"); the other side is passed whole.
   """
@@ -201,7 +208,8 @@ def _specs(n: int, d: int, bq: int, bk: int, tiled: str) -> dict:
       sin_q=pl.BlockSpec((None, bq_, d // 2), rq), cos_q=pl.BlockSpec((None, bq_, d // 2), rq),
       sin_k=pl.BlockSpec((None, bk_, d // 2), rk), cos_k=pl.BlockSpec((None, bk_, d // 2), rk),
       codes=pl.BlockSpec((None, 1, bk_), ck), seg_q=pl.BlockSpec((None, bq_, 1), rq),
-      seg_k=pl.BlockSpec((None, 1, bk_), ck), seed=pl.BlockSpec((1,), lambda b, h, i: (0,)))
+      seg_k=pl.BlockSpec((None, 1, bk_), ck), cid_q=pl.BlockSpec((None, bq_, 1), rq),
+      cid_k=pl.BlockSpec((None, 1, bk_), ck), seed=pl.BlockSpec((1,), lambda b, h, i: (0,)))
 
 
 def _call(kernel, names, args, out_shape, out_specs, grid, platform, interpret, name):
@@ -211,15 +219,15 @@ def _call(kernel, names, args, out_shape, out_specs, grid, platform, interpret, 
                         interpret=interpret, name=name)(*[args[k] for k in names])
 
 
-def _fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static):
+def _fwd(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, static):
   rate, bq, bk, platform, interpret = static
   b, h, n, d = q.shape
   sin, cos = tables
   specs = _specs(n, d, bq, bk, "q")
   names = {k_: specs[k_] for k_ in ("q", "k", "v", "sin_q", "cos_q", "sin_k", "cos_k", "codes", "seg_q", "seg_k",
-                                    "seed")}
+                                    "cid_q", "cid_k", "seed")}
   args = dict(q=q, k=k, v=v, sin_q=sin, cos_q=cos, sin_k=sin, cos_k=cos, codes=codes, seg_q=seg_q, seg_k=seg_k,
-              seed=seed)
+              cid_q=cid_q, cid_k=cid_k, seed=seed)
   kernel = functools.partial(_fwd_kernel, bq=bq, bk=bk, nk=n // bk, scale=1.0 / math.sqrt(d), rate=rate,
                              dtype=q.dtype)
   rows = jax.ShapeDtypeStruct((b, h, n, 1), jnp.float32)
@@ -227,15 +235,15 @@ def _fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static):
                (specs["q"], specs["m"], specs["logl"]), (b, h, n // bq), platform, interpret, "rope_flash_fwd")
 
 
-def _bwd(q, k, v, tables, codes, seg_q, seg_k, seed, o, m, logl, do, static):
+def _bwd(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, o, m, logl, do, static):
   rate, bq, bk, platform, interpret = static
   b, h, n, d = q.shape
   sin, cos = tables
   delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1, keepdims=True)
   args = dict(q=q, k=k, v=v, do=do.astype(q.dtype), m=m, logl=logl, delta=delta, sin_q=sin, cos_q=cos, sin_k=sin,
-              cos_k=cos, codes=codes, seg_q=seg_q, seg_k=seg_k, seed=seed)
+              cos_k=cos, codes=codes, seg_q=seg_q, seg_k=seg_k, cid_q=cid_q, cid_k=cid_k, seed=seed)
   order = ("q", "k", "v", "do", "m", "logl", "delta", "sin_q", "cos_q", "sin_k", "cos_k", "codes", "seg_q", "seg_k",
-           "seed")
+           "cid_q", "cid_k", "seed")
   common = dict(bq=bq, bk=bk, scale=1.0 / math.sqrt(d), rate=rate, dtype=q.dtype)
   kspecs = _specs(n, d, bq, bk, "k")
   dk, dv = _call(functools.partial(_dkv_kernel, nq=n // bq, **common), {x: kspecs[x] for x in order}, args,
@@ -248,20 +256,20 @@ def _bwd(q, k, v, tables, codes, seg_q, seg_k, seed, o, m, logl, do, static):
   return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _rope_flash(q, k, v, tables, codes, seg_q, seg_k, seed, static):
-  return _fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10,))
+def _rope_flash(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, static):
+  return _fwd(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, static)[0]
 
 
-def _rope_flash_fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static):
-  o, m, logl = _fwd(q, k, v, tables, codes, seg_q, seg_k, seed, static)
-  return o, (q, k, v, tables, codes, seg_q, seg_k, seed, o, m, logl)
+def _rope_flash_fwd(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, static):
+  o, m, logl = _fwd(q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, static)
+  return o, (q, k, v, tables, codes, seg_q, seg_k, cid_q, cid_k, seed, o, m, logl)
 
 
 def _rope_flash_bwd(static, res, do):
   dq, dk, dv = _bwd(*res, do, static)
   # RoPE tables come from integer positions: no gradient flows to them.
-  return dq, dk, dv, None, None, None, None, None
+  return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _rope_flash.defvjp(_rope_flash_fwd, _rope_flash_bwd)
@@ -273,7 +281,7 @@ def _block(name: str, value, n: int) -> int:
   return min(value, pl.next_power_of_2(n))
 
 
-@register("pallas")
+@register("pallas", causal_ids=True)
 def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                      rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                      dropout_rng: jax.Array | None = None, deterministic: bool = True, block_q: int = 128,
@@ -302,7 +310,12 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
     seg = mask.segment_ids.astype(jnp.int32)
     seg_q = blockwise.pad_to(seg, 1, length, -1)[:, :, None]
     seg_k = blockwise.pad_to(seg, 1, length, -2)[:, None, :]
+  cid_q = cid_k = None
+  if mask.causal_ids is not None:  # padded with 0: padded keys are PAD-coded, padded queries dropped
+    cid = blockwise.pad_to(mask.causal_ids.astype(jnp.int32), 1, length, 0)
+    cid_q, cid_k = cid[:, :, None], cid[:, None, :]
   rate, seed = blockwise.attention_dropout(dropout_rate, dropout_rng, deterministic, "pallas")
   static = (rate, bq, bk, platform, interpret)
-  out = _rope_flash(to_heads(q), to_heads(k), to_heads(v), (sin, cos), codes, seg_q, seg_k, seed, static)
+  out = _rope_flash(to_heads(q), to_heads(k), to_heads(v), (sin, cos), codes, seg_q, seg_k, cid_q, cid_k, seed,
+                    static)
   return jnp.swapaxes(out[:, :, :n], 1, 2)

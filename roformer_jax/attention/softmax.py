@@ -192,11 +192,12 @@ _attend_kernel.defvjp(_attend_kernel_fwd, _attend_kernel_bwd)
 def _kernel_applies(q, k, v, mask: AttentionMask, keep, implementation: str) -> bool:
   if implementation not in ("auto", "xla"):
     raise ValueError(f"attention_options: softmax implementation must be 'auto' or 'xla', got {implementation!r}")
-  return (implementation == "auto" and keep is None and mask.key_mask.ndim == 2
+  # The fused kernel knows key padding and segments only: a causal-id (UniLM) mask takes the XLA path.
+  return (implementation == "auto" and keep is None and mask.key_mask.ndim == 2 and mask.causal_ids is None
           and all(x.dtype == jnp.float32 for x in (q, k, v)) and cpu_attention.available())
 
 
-@register("softmax", query_subset=True)
+@register("softmax", query_subset=True, causal_ids=True)
 def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
                       rope: tuple[jax.Array, jax.Array] | None = None, dropout_rate: float = 0.0,
                       dropout_rng: jax.Array | None = None, deterministic: bool = True,

@@ -1,0 +1,94 @@
+"""TeaForN (Goodman et al., EMNLP 2020; kexue 7818) on a UniLM RoFormer: teacher forcing N steps ahead.
+
+finetune-spec §e. Pass 1 is ordinary teacher forcing on [CLS] src [SEP] tgt [SEP] (segment 0 source, 1
+target) under the UniLM mask. Pass k >= 2 runs the same stack (shared weights) on the same sequence,
+except that the input vector at every target position t (segment 1) is the final hidden state of pass
+k - 1 at position t - 1, i.e. after the last post-norm, in the same normalised space as the embedding
+layer's output (§e.2). Not through the output layer: the paper's "expected embedding" variant was
+unstable. The source inputs, and the [SEP] that starts generation (the last source token), keep their
+embeddings. Gradients flow through the re-fed states (no stop_gradient): that is the method.
+
+The loss is sum_k lambda_k * CE_k, CE_k being bert4keras's UniLM cross-entropy (`seq2seq_cross_entropy`)
+of pass k's logits; N = 1 is exactly plain teacher forcing. Decoding is unchanged (pass 1 only).
+
+Source activations: the source never attends to the target under the UniLM mask, so its per-layer
+keys and values are the same in every pass. They are recomputed here (each pass is a full forward),
+which is exact; reusing them would save about source/(source + target) of passes 2..N.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from roformer_jax.model import RoFormerForMaskedLM
+
+Array = jax.Array
+
+
+def seq2seq_cross_entropy(logits: Array, input_ids: Array, token_type_ids: Array,
+                          attention_mask: Array | None = None, pad_id: int = 0) -> Array:
+  """bert4keras's UniLM loss: logits at i score token i + 1 wherever that token is a real target (segment 1);
+  the mean over those tokens of -log p, in float32. logits [B, L, V]; ids, types, mask [B, L]."""
+  if attention_mask is None:
+    attention_mask = input_ids != pad_id
+  weight = ((token_type_ids[:, 1:] == 1) & attention_mask[:, 1:].astype(bool)).astype(jnp.float32)
+  lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(lp, input_ids[:, 1:, None], axis=-1)[..., 0]
+  return jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def refeed(embeds: Array, hidden: Array, token_type_ids: Array, attention_mask: Array) -> Array:
+  """Pass k's inputs: `embeds` [B, L, H], with every real target position t replaced by hidden[:, t - 1]."""
+  shifted = jnp.pad(hidden[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  target = (token_type_ids == 1) & attention_mask.astype(bool)
+  return jnp.where(target[..., None], shifted.astype(embeds.dtype), embeds)
+
+
+def teaforn_passes(model: RoFormerForMaskedLM, params: Any, input_ids: Array, token_type_ids: Array,
+                   attention_mask: Array | None = None, *, num_passes: int, deterministic: bool = True,
+                   dropout_rng: Array | None = None, residual_scale: Array | float = 1.0) -> list[tuple[Array, Array]]:
+  """[(hidden [B, L, H], logits [B, L, V]) for pass 1..N]. Dropout (when not deterministic) is drawn anew
+  for each pass from `dropout_rng` folded with the pass index."""
+  if num_passes < 1:
+    raise ValueError(f"TeaForN needs num_passes >= 1, got {num_passes}")
+  if attention_mask is None:
+    attention_mask = input_ids != model.cfg.pad_token_id
+  variables = {"params": params}
+
+  def rngs(k):
+    return {} if deterministic else {"dropout": jax.random.fold_in(dropout_rng, k)}
+
+  kw = dict(unilm=True, deterministic=deterministic, residual_scale=residual_scale)
+  out = [model.apply(variables, input_ids, token_type_ids, attention_mask, rngs=rngs(0),
+                     method=RoFormerForMaskedLM.hidden_and_logits, **kw)]
+  if num_passes > 1:
+    embeds = model.apply(variables, input_ids, token_type_ids, deterministic, rngs=rngs(num_passes),
+                         method=RoFormerForMaskedLM.embed)
+    for k in range(1, num_passes):
+      x = refeed(embeds, out[-1][0], token_type_ids, attention_mask)
+      out.append(model.apply(variables, input_ids, token_type_ids, attention_mask, inputs_embeds=x, rngs=rngs(k),
+                             method=RoFormerForMaskedLM.hidden_and_logits, **kw))
+  return out
+
+
+def teaforn_loss(model: RoFormerForMaskedLM, params: Any, input_ids: Array, token_type_ids: Array,
+                 attention_mask: Array | None = None, *, num_passes: int = 1, weights: Sequence[float] | None = None,
+                 deterministic: bool = True, dropout_rng: Array | None = None,
+                 residual_scale: Array | float = 1.0) -> tuple[Array, Array]:
+  """(sum_k weights[k] * CE_k, the per-pass CE_k [N]). weights (lambda_k) default to 1 for every pass."""
+  weights = (1.0,) * num_passes if weights is None else tuple(weights)
+  if len(weights) != num_passes:
+    raise ValueError(f"TeaForN: {len(weights)} weights for num_passes={num_passes}")
+  if attention_mask is None:
+    attention_mask = input_ids != model.cfg.pad_token_id
+  passes = teaforn_passes(model, params, input_ids, token_type_ids, attention_mask, num_passes=num_passes,
+                          deterministic=deterministic, dropout_rng=dropout_rng, residual_scale=residual_scale)
+  per_pass = jnp.stack([seq2seq_cross_entropy(logits, input_ids, token_type_ids, attention_mask)
+                        for _, logits in passes])
+  total = per_pass[0] * weights[0]
+  for k in range(1, num_passes):
+    total = total + per_pass[k] * weights[k]
+  return total, per_pass
