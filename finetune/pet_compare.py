@@ -25,7 +25,7 @@ from roformer_jax.train import cli
 
 # The keys the baseline takes from the PET config, so that the two differ only in how they use the labels.
 SHARED = ("init", "vocab", "dtype", "attention", "scan_layers", "remat", "seq_len", "steps", "epochs", "batch_size",
-          "accum_steps", "seed", "log_every", "keep", "mesh", "optimizer")
+          "accum_steps", "seed", "log_every", "eval_every", "checkpoint_every", "keep", "mesh", "optimizer")
 
 
 def write_labels(cfg, folder: Path) -> dict[str, str]:

@@ -236,3 +236,33 @@ class GPLinkerEvent(nn.Module):
     return (cls(self.labels, name="argument", **kw)(x, mask),
             cls(1, rope=False, name="head", **kw)(x, mask),
             cls(1, rope=False, name="tail", **kw)(x, mask))
+
+
+def encoder_kernel_init(cfg: ModelConfig):
+  """The encoder's initializer for a head's kernel, as the RoFormerV2 scripts give their heads (truncated
+  normal, std 1.1368 / sqrt(fan_in * layers); flax divides by the same 0.8796 truncation factor); v1: N(0, 0.02)."""
+  if cfg.version == "v2":
+    return nn.initializers.variance_scaling(1.0 / cfg.num_layers, "fan_in", "truncated_normal")
+  return nn.initializers.normal(0.02)
+
+
+class EncoderPointer(nn.Module):
+  """The encoder plus a GlobalPointer (or Efficient GlobalPointer) head: input ids [B, L] -> float32 span scores
+  [B, heads, L, L] (masked cells `losses.MASKED`). Params: {"roformer": encoder, "pointer": head}."""
+  cfg: ModelConfig
+  heads: int
+  head_size: int = 64
+  efficient: bool = False
+  rope: bool = True
+  tril_mask: bool = True
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids: Array, token_type_ids: Optional[Array] = None,
+               attention_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+    h = RoFormerModel(self.cfg, name="roformer")(input_ids, token_type_ids, attention_mask,
+                                                 deterministic=deterministic)
+    mask = (input_ids != self.cfg.pad_token_id) if attention_mask is None else attention_mask
+    return _pointer(self.efficient)(self.heads, self.head_size, rope=self.rope, tril_mask=self.tril_mask,
+                                    use_bias=self.use_bias, dtype=jnp.dtype(self.cfg.dtype),
+                                    kernel_init=encoder_kernel_init(self.cfg), name="pointer")(h, mask)

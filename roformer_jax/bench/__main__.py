@@ -1,6 +1,6 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, attention, aot, tokenizer, exactness. The process first re-executes itself with glibc malloc
+Commands: forward, train, finetune, attention, aot, tokenizer, exactness. The process first re-executes itself with glibc malloc
 tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "forward": "roformer_jax.bench.forward",
     "train": "roformer_jax.bench.train",
+    "finetune": "roformer_jax.bench.finetune",
     "attention": "roformer_jax.bench.attention",
     "aot": "roformer_jax.bench.aot",
     "tokenizer": "roformer_jax.bench.tokenizer_speed",

@@ -1,0 +1,220 @@
+"""Fine-tuning train-step throughput next to the same model in PyTorch, in one run.
+
+  python -m roformer_jax.bench finetune --task classify --preset roformer_v2_small --seq 128 --batch 32
+  python -m roformer_jax.bench finetune --task ner --types 3
+  python -m roformer_jax.bench finetune --task unilm --source 64
+
+Tasks (each side: forward, loss, backward, AdamW update; dropout 0; float32 unless --dtype):
+
+* classify: the [CLS] classifier (`heads.SequenceClassifier`, 2 labels, softmax CE) against the `roformer`
+  port's `RoFormerForSequenceClassification` (its head has one more hidden x hidden dense: counted in its favour).
+* ner: the encoder + GlobalPointer over `--types` types, head size 64, RoPE and the lower-triangle mask, dense
+  labels and the multilabel categorical CE (`heads.EncoderPointer`, `losses.global_pointer_crossentropy`)
+  against the port's `RoFormerModel` plus the same head and loss written below in PyTorch (bert4torch's
+  GlobalPointer computes the same thing; it is not a dependency here).
+* unilm: the MLM model under the UniLM mask (the first `--source` tokens segment 0, the rest segment 1) with
+  bert4keras's seq2seq CE over the target tokens (`seq2seq.teaforn.seq2seq_cross_entropy`), against the port's
+  `RoFormerForMaskedLM` given the same mask as a [B, L, L] attention mask and the same loss.
+
+Timing is `bench.common.interleaved_times` (rounds, each timing every implementation in turn); the ratio is over
+the median steps, and round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from typing import Callable
+
+import numpy as np
+
+from roformer_jax.bench.common import interleaved_times, machine, today
+
+TASKS = ("classify", "ner", "unilm")
+
+
+def make_batch(task: str, vocab: int, batch: int, seq: int, types: int, source: int, seed: int = 0) -> dict:
+  """A fixed numpy batch: random ids (every token real), and the task's labels."""
+  rng = np.random.RandomState(seed)
+  ids = rng.randint(5, vocab, size=(batch, seq)).astype(np.int32)
+  out = dict(input_ids=ids, token_type_ids=np.zeros_like(ids), attention_mask=np.ones_like(ids),
+             weights=np.ones((batch,), np.float32))
+  if task == "classify":
+    out["labels"] = rng.randint(0, 2, size=(batch,)).astype(np.int32)
+  elif task == "ner":  # a few entities per row, as NER data has
+    spans = np.zeros((batch, types, seq, seq), np.float32)
+    for b in range(batch):
+      for _ in range(4):
+        i = rng.randint(1, seq - 5)
+        spans[b, rng.randint(types), i, i + rng.randint(0, 4)] = 1.0
+    out["spans"] = spans
+  else:
+    out["token_type_ids"][:, source:] = 1
+  return out
+
+
+def setup_ours(task: str, cfg, b: dict, types: int) -> Callable[[], None]:
+  """Our jitted train step (the shared `train.step`) on batch `b`; the closure runs one step and blocks."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from roformer_jax import heads, losses, objectives
+  from roformer_jax.model import RoFormerForMaskedLM
+  from roformer_jax.seq2seq import teaforn
+  from roformer_jax.train import sharding, step as step_lib
+
+  if task == "classify":
+    model = heads.SequenceClassifier(cfg, 2, "first")
+    loss_fn = objectives.classification_loss(model)
+  elif task == "ner":
+    model = heads.EncoderPointer(cfg, types)
+
+    def loss_fn(params, batch, rng, step):
+      scores = model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                           deterministic=False, rngs={"dropout": rng})
+      rows = losses.multilabel_categorical_crossentropy(batch["spans"].reshape(scores.shape[:2] + (-1,)),
+                                                        scores.reshape(scores.shape[:2] + (-1,)))
+      return jnp.sum(rows.mean(-1)), {"weight": jnp.sum(batch["weights"])}
+  else:
+    model = RoFormerForMaskedLM(cfg)
+
+    def loss_fn(params, batch, rng, step):
+      logits = model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                           unilm=True, deterministic=False, rngs={"dropout": rng})
+      ce = teaforn.seq2seq_cross_entropy(logits, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+      return ce, {"weight": jnp.ones(())}
+
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  schedule = optax.constant_schedule(1e-4)
+  tx = optax.adamw(schedule, weight_decay=0.01)
+  init = lambda rng: model.init(rng, np.ones((1, 8), np.int32))["params"]
+  _, shardings = step_lib.abstract_state(init, tx, mesh)
+  state = step_lib.init_state(init, tx, 0, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+    train = step_lib.make_train_step(loss_fn, tx, schedule, shardings, mesh)
+    data = sharding.global_batch(b, mesh)
+    box = [state]
+
+    def run():
+      box[0], m = train(box[0], data)
+      jax.block_until_ready(m["loss"])
+    return run
+
+
+def _torch_pointer_loss(torch, hidden, dense, spans, types: int, head_size: int):
+  """GlobalPointer (interleaved RoPE, lower-triangle mask, scores / sqrt(d)) and the multilabel CE in PyTorch."""
+  bsz, length, _ = hidden.shape
+  qk = dense(hidden).view(bsz, length, types, 2, head_size)
+  q, k = qk[..., 0, :], qk[..., 1, :]
+  pos = torch.arange(length, dtype=torch.float32, device=hidden.device)[:, None]
+  theta = torch.pow(10000.0, -2 * torch.arange(head_size // 2, dtype=torch.float32, device=hidden.device) / head_size)
+  angle = pos * theta  # [L, d/2]
+  cos, sin = angle.cos().repeat_interleave(2, -1)[:, None], angle.sin().repeat_interleave(2, -1)[:, None]
+
+  def rotate(x):
+    x2 = torch.stack([-x[..., 1::2], x[..., 0::2]], -1).reshape(x.shape)
+    return x * cos + x2 * sin
+  q, k = rotate(q), rotate(k)
+  scores = torch.einsum("bmhd,bnhd->bhmn", q, k) / math.sqrt(head_size)
+  tril = torch.tril(torch.ones(length, length, dtype=torch.bool, device=hidden.device), -1)
+  scores = scores.masked_fill(tril, -1e12)
+  y_true = spans.reshape(bsz * types, -1)
+  y_pred = scores.reshape(bsz * types, -1)
+  y_pred = (1 - 2 * y_true) * y_pred
+  neg = y_pred - y_true * 1e12
+  pos_ = y_pred - (1 - y_true) * 1e12
+  zeros = torch.zeros_like(y_pred[..., :1])
+  return (torch.logsumexp(torch.cat([neg, zeros], -1), -1) + torch.logsumexp(torch.cat([pos_, zeros], -1), -1)).mean()
+
+
+def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> Callable[[], None]:
+  """The `roformer` port's model for the task, with the same loss, AdamW, on the CPU."""
+  import torch
+  import roformer
+  from roformer_jax.bench.train import _peer_kwargs
+  torch.manual_seed(0)
+  extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
+  pcfg = roformer.RoFormerConfig(**_peer_kwargs(cfg, b["input_ids"].shape[1]), **extra)
+  t = {k: torch.tensor(v, dtype=torch.float32 if v.dtype == np.float32 else torch.long) for k, v in b.items()}
+  if task == "classify":
+    pcfg.num_labels = 2
+    model = roformer.RoFormerForSequenceClassification(pcfg)
+    loss = lambda m: m(input_ids=t["input_ids"], attention_mask=t["attention_mask"], labels=t["labels"]).loss
+  elif task == "ner":
+    encoder = roformer.RoFormerModel(pcfg)
+    model = torch.nn.ModuleDict({"encoder": encoder, "dense": torch.nn.Linear(cfg.hidden_size, types * 2 * 64)})
+
+    def loss(m):
+      h = m["encoder"](input_ids=t["input_ids"], attention_mask=t["attention_mask"])[0]
+      return _torch_pointer_loss(torch, h, m["dense"], t["spans"], types, 64)
+  else:
+    model = roformer.RoFormerForMaskedLM(pcfg)
+    types_ = t["token_type_ids"]
+    ids_ = torch.cumsum(types_, 1)
+    unilm = (ids_[:, None, :] <= ids_[:, :, None]).long()  # bert4keras: key j visible to query i
+
+    def loss(m):
+      logits = m(input_ids=t["input_ids"], token_type_ids=types_, attention_mask=unilm).logits
+      w = (types_[:, 1:] == 1).float()
+      nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                              t["input_ids"][:, 1:].reshape(-1), reduction="none")
+      return (nll * w.reshape(-1)).sum() / w.sum()
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  model.train()
+  forward = torch.compile(model) if compiled and task != "ner" else model
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    loss(forward).backward()
+    opt.step()
+  return run
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="roformer-bench finetune")
+  p.add_argument("--task", default="classify", choices=TASKS)
+  p.add_argument("--preset", default="roformer_v2_small")
+  p.add_argument("--seq", type=int, default=128)
+  p.add_argument("--batch", type=int, default=32)
+  p.add_argument("--types", type=int, default=3, help="ner: entity types")
+  p.add_argument("--source", type=int, default=64, help="unilm: source tokens (the rest are the target)")
+  p.add_argument("--attention", default="softmax", help="our attention variant")
+  p.add_argument("--peers", default="roformer", help="comma list of roformer, roformer-compile ('' = none)")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=5)
+  a = p.parse_args(argv)
+  import jax
+  import roformer_jax as rj
+  cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, attention=a.attention)
+  b = make_batch(a.task, cfg.vocab_size, a.batch, a.seq, a.types, a.source)
+  runs = {"ours": setup_ours(a.task, cfg, b, a.types)}
+  runs["ours"]()
+  for peer in [x for x in a.peers.split(",") if x]:
+    if peer not in ("roformer", "roformer-compile"):
+      p.error(f"--peers: unknown peer {peer!r}")
+    runs[peer] = setup_port(a.task, cfg, b, a.types, compiled=peer.endswith("-compile"))
+    runs[peer]()
+  times = interleaved_times(runs, a.rounds, a.repeats)
+  step = {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
+  tokens = a.batch * a.seq
+  out = {"task": a.task, "preset": a.preset, "seq": a.seq, "batch": a.batch, "attention": a.attention,
+         "tokens_per_s": {n: round(tokens / s, 1) for n, s in step.items()},
+         "step_ms": {n: round(1e3 * s, 1) for n, s in step.items()}}
+  for peer in [n for n in runs if n != "ours"]:
+    out[f"ours_over_{peer}"] = round(step[peer] / step["ours"], 2)
+    out[f"ours_over_{peer}_by_round"] = [round(statistics.median(times[peer][r]) / statistics.median(times["ours"][r]), 2)
+                                         for r in range(a.rounds)]
+  out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
+  if a.task == "ner":
+    out["types"] = a.types
+  if a.task == "unilm":
+    out["source"] = a.source
+  print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+  main()
