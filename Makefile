@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: pretrain test bench clean kernels
+.PHONY: pretrain finetune-ner test bench clean kernels
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -19,6 +19,11 @@ kernels: $(STAMP)
 
 pretrain: $(STAMP) kernels
 	$(PY) -m pretrain.train --config pretrain/configs/tiny_cpu.py --workdir workdir/tiny_cpu
+
+# GlobalPointer NER on People's Daily from workdir/tiny_cpu (after `make pretrain`), then the same setup
+# from scratch; the last line is one JSON object (test_f1, test_precision, test_recall, scratch_test_f1).
+finetune-ner: $(STAMP) kernels
+	$(PY) -m finetune.ner_compare --config finetune/configs/ner.py --workdir workdir/ner --config.init=workdir/tiny_cpu
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
 # single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps
