@@ -44,7 +44,7 @@ class Split:
     return len(self.texts)
 
 
-def read_source(cfg) -> tuple[tuple[str, ...], dict[str, Any]]:
+def read_source(cfg, log: Log = print) -> tuple[tuple[str, ...], dict[str, Any]]:
   """(entity types, {split: (examples, labelled)}) of `config.data.source`."""
   data = cfg.data
   if data.source == "people_daily":
@@ -58,6 +58,9 @@ def read_source(cfg) -> tuple[tuple[str, ...], dict[str, Any]]:
     load, types = ((readers.load_cluener, readers.CLUENER_TYPES) if data.source == "cluener"
                    else (readers.load_cmeee, readers.CMEEE_TYPES))
     corpora = load(data.dir, strict=data.strict)
+    skipped = [line for c in corpora.values() for line in c.skipped]
+    if skipped:  # data.strict=False (or CMeEE's start > end, which the reference drops too)
+      log(f"{len(skipped)} entities dropped from the files, the first: {skipped[0]}")
     return types, {k: (c.examples, c.labelled) for k, c in corpora.items()}
   raise ConfigError(f"config.data.source: unknown source {data.source!r}; expected one of {SOURCES}")
 
@@ -154,7 +157,7 @@ class NerTask(Task):
     self.model_config = self.pretrained.model_config
     self.vocab_file = self.pretrained.vocab_file(cfg.vocab)
     tokenizer = load_tokenizer(self.vocab_file)
-    self.types, raw = read_source(cfg)
+    self.types, raw = read_source(cfg, log)
     self.splits: dict[str, Split] = {}
     for key, (examples, labelled) in raw.items():
       limit = cfg.data[f"max_{key}"]

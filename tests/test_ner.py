@@ -234,8 +234,10 @@ def test_bad_cluener_files_end_in_one_line_naming_file_and_line(init, tmp_path):
                                                      ensure_ascii=False) + "\n", encoding="utf-8")
   with pytest.raises(DataError, match=rf"^{folder / 'dev.json'}:5: span \[1, 3\] is outside the text \(length 3\)"):
     _task(init, tmp_path, **{"data": {"source": "cluener", "dir": str(folder), "strict": True}})
-  task, _ = _task(init, tmp_path, **{"data": {"source": "cluener", "dir": str(folder), "strict": False}})
+  task, logs = _task(init, tmp_path, **{"data": {"source": "cluener", "dir": str(folder), "strict": False}})
   assert len(task.splits["dev"]) == 5 and task.splits["dev"].gold[-1] == ()
+  assert logs[0] == (f"1 entities dropped from the files, the first: {folder / 'dev.json'}:5: span [1, 3] is outside "
+                     "the text (length 3)")
   from roformer_jax.config import ConfigError
   with pytest.raises(ConfigError, match="config.data.dir is empty"):
     _task(init, tmp_path, **{"data": {"source": "cmeee", "dir": ""}})
