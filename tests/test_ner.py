@@ -167,6 +167,21 @@ def test_sigkill_while_saving_then_rerun_ends_as_the_straight_run(init, straight
   assert Path(straight[2]["predictions"]).read_text() == (tmp_path / "predictions" / "test.jsonl").read_text()
 
 
+def test_eight_devices_log_the_same_losses(init, straight, tmp_path):
+  """Data x tensor (the 3 types do not divide the tensor axis: that dim stays whole): the first 4 losses and
+  the dev loss at step 4 as the 1-device run's, to float32 agreement."""
+  out = _run(_args(init, tmp_path, "--config.mesh.data", "2", "--config.mesh.fsdp", "1", "--config.mesh.tensor", "4",
+                   "--config.steps", "4", "--config.data.max_test", "1"),
+             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert "'data': 2, 'fsdp': 1, 'tensor': 4" in out.stdout and "over 8 devices" in out.stdout
+  want, got = _losses(straight[0]), _losses(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4]
+  np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], rtol=2e-5)
+  evals = [json.loads(l) for d in (straight[0], tmp_path) for l in (d / "metrics.jsonl").read_text().splitlines()
+           if '"eval_loss"' in l and json.loads(l)["step"] == PER_EPOCH]
+  np.testing.assert_allclose(evals[1]["eval_loss"], evals[0]["eval_loss"], rtol=2e-5)
+
+
 def _task(init, tmp_path, **changes):
   from finetune.configs import ner
   from finetune.ner import NerTask
