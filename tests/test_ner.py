@@ -131,7 +131,8 @@ def test_fitted_model_finds_the_entities_in_characters(init, tmp_path):
   (folder / "train.json").write_text(lines, encoding="utf-8")
   (folder / "dev.json").write_text(lines, encoding="utf-8")
   long = sentences[0].text * 5 + "江泽民"  # 78 characters > 62 text tokens; its last entity is past the truncation
-  cut = json.dumps({"text": long, "label": {"name": {"江泽民": [[len(long) - 3, len(long) - 1]]}}}, ensure_ascii=False)
+  cut = json.dumps({"text": long, "label": {"name": {"江泽民": [[len(long) - 3, len(long) - 1]]}}},
+                   ensure_ascii=False)
   (folder / "test.json").write_text(lines + cut + "\n", encoding="utf-8")
   out = _run(_args(init, tmp_path / "run", "--config.data.source", "cluener", "--config.data.dir", str(folder),
                    "--config.epochs", "15", "--config.seq_len", "64", "--config.head_size", "64",
