@@ -162,8 +162,8 @@ class NerTask(Task):
     for key, (examples, labelled) in raw.items():
       limit = cfg.data[f"max_{key}"]
       examples = examples[:limit] if limit else examples  # the first N: the same subset every run
-      if key == "train" and not labelled:
-        raise ConfigError(f"config.data: the {cfg.data.source} train split has no labels")
+      if key in ("train", "dev") and not labelled:
+        raise ConfigError(f"config.data: the {cfg.data.source} {key} split has no labels")
       if examples:
         self.splits[key] = encode_split(tokenizer, examples, labelled, self.types, self.seq_len)
     for key in ("train", "dev"):
@@ -270,9 +270,6 @@ class NerTask(Task):
     out[f"{prefix}loss"] = loss
     return out
 
-  def eval_summary(self, metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-
   def step_flops(self, metrics: dict[str, float]) -> float:
     from roformer_jax.train import flops
     mc, b, length, d, h = self.model_config, self.cfg.batch_size, self.seq_len, self.cfg.head_size, len(self.types)
@@ -296,9 +293,7 @@ class NerTask(Task):
     import jax
 
     from roformer_jax.data.jsonl import write_jsonl
-    out: dict[str, Any] = {}
-    for key, value in self.split_metrics(params, runner, "dev", "dev_").items():
-      out[key] = value
+    out: dict[str, Any] = self.split_metrics(params, runner, "dev", "dev_")
     if "test" not in self.splits:
       return out
     test = self.splits["test"]

@@ -259,3 +259,38 @@ def test_bad_cluener_files_end_in_one_line_naming_file_and_line(init, tmp_path):
     _task(init, tmp_path, **{"data": {"source": "cmeee", "dir": ""}})
   with pytest.raises(ConfigError, match="config.head: unknown head 'crf'"):
     _task(init, tmp_path, head="crf")
+
+
+def test_cmeee_folder_through_the_task(init, tmp_path):
+  """The official CMeEE layout (one JSON list per split, start_idx/end_idx inclusive, nested entities): the
+  task's splits hold the gold in characters and the aligned spans as training labels (type, i, j tokens)."""
+  folder = tmp_path / "CMeEE"
+  folder.mkdir()
+  rows = [{"text": "患者出现发热咳嗽。", "entities": [
+      {"start_idx": 4, "end_idx": 5, "type": "sym", "entity": "发热"},
+      {"start_idx": 6, "end_idx": 7, "type": "sym", "entity": "咳嗽"},
+      {"start_idx": 4, "end_idx": 7, "type": "dis", "entity": "发热咳嗽"}]}]
+  for split in ("train", "dev"):
+    (folder / f"CMeEE_{split}.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+  task, _ = _task(init, tmp_path, **{"data": {"source": "cmeee", "dir": str(folder)}})
+  train = task.splits["train"]
+  assert task.types[2] == "dis" and task.types[8] == "sym" and "test" not in task.splits
+  assert train.gold == [((4, 5, "sym"), (6, 7, "sym"), (4, 7, "dis"))]
+  # [CLS] shifts every character by one token (one character per token here).
+  assert train.arrays["spans"].tolist() == [[[2, 5, 8], [8, 5, 6], [8, 7, 8]]]
+
+
+def test_compare_driver_prints_one_json_line(init, tmp_path):
+  """`python -m finetune.ner_compare` (make finetune-ner): the run from the checkpoint, the same from scratch,
+  and a last line with the keys the issue names."""
+  args = _args(init, tmp_path, "--config.steps", "2", "--config.data.max_test", "4")
+  out = subprocess.run([sys.executable, "-m", "finetune.ner_compare", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary["task"] == "ner" and summary["step"] == summary["scratch_step"] == 2
+  for key in ("test_f1", "test_precision", "test_recall", "scratch_test_f1"):
+    assert isinstance(summary[key], float), key
+  assert out.stdout.count("from scratch: every param freshly initialised") == 1
+  assert out.stdout.count("encoder from ") == 1
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["pretrained", "scratch"]
