@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: pretrain finetune test bench clean kernels
+.PHONY: pretrain finetune finetune-ner test bench clean kernels
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -25,6 +25,11 @@ pretrain: $(STAMP) kernels
 finetune: $(STAMP) kernels
 	$(PY) -m finetune.pet_compare --config finetune/configs/pet.py --workdir workdir/pet_k200 \
 	    --config.init=workdir/tiny_cpu --config.k=200
+
+# GlobalPointer NER on People's Daily from workdir/tiny_cpu (after `make pretrain`), then the same setup
+# from scratch; the last line is one JSON object (test_f1, test_precision, test_recall, scratch_test_f1).
+finetune-ner: $(STAMP) kernels
+	$(PY) -m finetune.ner_compare --config finetune/configs/ner.py --workdir workdir/ner --config.init=workdir/tiny_cpu
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
 # single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps

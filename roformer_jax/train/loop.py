@@ -227,8 +227,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
     tokens_per_step = cfg.batch_size * task.seq_len
 
     def evaluate(params) -> dict[str, float]:
-      sums = runner.sums(params, task.eval_batches(local_batch))
-      return task.eval_metrics(sums) if sums else {}  # a task without eval data
+      return task.evaluate(params, runner)  # {} for a task without eval data
 
     preempt = Preemption()
     timer_start, steps_timed, step_time, mfu, skipped = None, 0, float("nan"), float("nan"), 0

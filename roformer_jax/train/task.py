@@ -33,6 +33,9 @@ Subclass `Task` and fill in:
                            the batch; the loop adds them up over `eval_batches`.
   eval_metrics(sums)       summed eval outputs (numpy) -> {"eval_...": float}. These are logged, written to
                            metrics.jsonl and the summary, and `config.best_metric` names one of them.
+  evaluate(params, runner) one evaluation pass -> those metrics; by default `eval_metrics` of the summed
+                           `eval_fn` over `eval_batches`. Override it where the metric needs per-example
+                           outputs on the host (e.g. NER decodes spans from `runner.predict`'s scores).
   step_flops(metrics)      model FLOPs of one train step given its logged metrics (for MFU); nan = unknown.
   write_assets(workdir)    files `from_pretrained` / `roformer-export` read back (process 0 only).
   export_params(params)    the params `roformer_jax.export.export_hf` writes for `config.export_every`.
@@ -100,6 +103,11 @@ class Task:
 
   def eval_metrics(self, sums: dict[str, np.ndarray]) -> dict[str, float]:
     raise NotImplementedError
+
+  def evaluate(self, params: Any, runner: Any) -> dict[str, float]:
+    """One evaluation of `params` on the eval data: {"eval_...": float}; {} without eval data."""
+    sums = runner.sums(params, self.eval_batches(runner.local_batch))
+    return self.eval_metrics(sums) if sums else {}
 
   def eval_summary(self, metrics: dict[str, float]) -> str:
     """The eval log line's text."""
