@@ -136,3 +136,72 @@ def test_bad_clue_inputs(setup, tmp_path):
               "--config.clue.dir", str(bad)], expect=2)
   assert f"{bad / 'afqmc_public' / 'dev.json'}:1: label '7'" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The suite runner: any subset, one table, one zip, resumable
+# ------------------------------------------------------------------------------------------------
+SUITE_SET = ["epochs=1", "batch_size=2", "seq_len=32", "log_every=1"]
+
+
+def test_suite_runs_a_subset_and_skips_finished_tasks(setup, tmp_path):
+  import zipfile
+
+  from finetune.clue import suite
+  init, clue_dir = setup
+  lines = []
+  suite.run_suite(str(clue_dir), str(init), tmp_path, ["afqmc"], SUITE_SET, log=lines.append)
+  first = (tmp_path / "afqmc" / "summary.json").read_text()
+  # A second command with one more task: afqmc is skipped (its summary untouched), csl trains.
+  lines.clear()
+  rows = suite.run_suite(str(clue_dir), str(init), tmp_path, ["afqmc", "csl"], SUITE_SET, log=lines.append)
+  assert any("afqmc: finished before" in x for x in lines) and any("csl: training" in x for x in lines)
+  assert (tmp_path / "afqmc" / "summary.json").read_text() == first
+  assert list(rows) == ["afqmc", "csl"] and all(0 <= r["dev"] <= 1 and r["metric"] == "accuracy"
+                                                 for r in rows.values())
+  assert json.loads((tmp_path / "results.json").read_text()) == rows
+  md = (tmp_path / "results.md").read_text().splitlines()
+  assert md[0].startswith("| task | dev metric | dev |") and md[2].startswith("| afqmc | accuracy |")
+  with zipfile.ZipFile(tmp_path / "clue_submission.zip") as z:
+    assert sorted(z.namelist()) == ["afqmc_predict.json", "csl_predict.json"]
+    assert [json.loads(x)["id"] for x in z.read("csl_predict.json").decode().splitlines()] == ["4"]
+  assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_suite_cli_resumes_an_unfinished_task(setup, tmp_path):
+  """A task killed after its last checkpoint but before its summary: the rerun resumes it from the checkpoint
+  (no step trained again) and writes its summary; a finished task is skipped."""
+  from finetune.clue import suite
+  init, clue_dir = setup
+  suite.run_suite(str(clue_dir), str(init), tmp_path, ["afqmc", "cluewsc"], SUITE_SET, log=lambda s: None)
+  before = json.loads((tmp_path / "cluewsc" / "summary.json").read_text())
+  (tmp_path / "cluewsc" / "summary.json").unlink()
+  (tmp_path / "clue_submission.zip").unlink()
+  args = ["--clue_dir", str(clue_dir), "--init", str(init), "--workdir", str(tmp_path),
+          "--tasks", "afqmc,cluewsc"] + [x for kv in SUITE_SET for x in ("--set", kv)]
+  out = subprocess.run([sys.executable, "-m", "finetune.clue.suite", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "afqmc: finished before" in out.stdout and "resumed from" in out.stdout
+  assert "step 1/" not in out.stdout  # nothing trained again
+  after = json.loads((tmp_path / "cluewsc" / "summary.json").read_text())
+  assert after["dev_accuracy"] == before["dev_accuracy"] and after["best_step"] == before["best_step"]
+  final = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(final) == {"results", "submission", "afqmc", "cluewsc"}
+  import zipfile
+  with zipfile.ZipFile(final["submission"]) as z:
+    assert sorted(z.namelist()) == ["afqmc_predict.json", "cluewsc10_predict.json", "cluewsc11_predict.json"]
+
+
+def test_suite_bad_inputs():
+  from finetune.clue import suite
+  from roformer_jax.config import ConfigError
+  with pytest.raises(ConfigError, match="unknown CLUE task"):
+    suite.parse_tasks("afqmc,qqp")
+  assert suite.parse_tasks("") == list(suite.SUITE)
+  cfg = suite.task_config("afqmc", "/d", "/i", ["epochs=3", "optimizer.learning_rate=1e-3"])
+  assert cfg.epochs == 3 and cfg.optimizer.learning_rate == 1e-3 and cfg.seq_len == 128
+  with pytest.raises(ConfigError, match="config has no key 'epoch'"):
+    suite.task_config("afqmc", "/d", "/i", ["epoch=3"])
+  with pytest.raises(ConfigError, match="config.epochs is int, got str"):
+    suite.task_config("afqmc", "/d", "/i", ["epochs=many"])
