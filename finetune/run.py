@@ -24,7 +24,7 @@ cli.define_flags("Fine-tuning config file (finetune/configs/*.py).")
 TASKS = {
     "classify": ("finetune.classify", "ClassifyTask"),
     "pet": ("finetune.pet", "PetTask"),
-    "clue": ("finetune.clue.task", "ClueTask"),
+    "clue": ("finetune.clue.task", "make_task"),
 }
 
 

@@ -57,6 +57,8 @@ class SequenceClassifier(nn.Module):
   their GlobalPointer heads only, which pass use_bias=False explicitly). With
   `first` pooling the last layer runs at [CLS] only (`output_positions`): the same values for ~1/L of
   that layer's cost. Params: {"roformer": encoder, "classifier": {"kernel" [hidden, num_labels], ...}}.
+  Multiple choice (CLUE's C3, CHID): inputs [B, C, L] and num_labels=1 score each choice's sequence on its own,
+  logits [B, C] (the softmax runs across choices).
   """
   cfg: ModelConfig
   num_labels: int
@@ -72,6 +74,13 @@ class SequenceClassifier(nn.Module):
   def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
                attention_mask: jax.Array | None = None, *, position_ids: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
+    if input_ids.ndim == 3:  # [B, C, L] choices: one row per choice, then [B, C] scores
+      if self.num_labels != 1:
+        raise ValueError(f"SequenceClassifier: [batch, choices, length] inputs need num_labels=1, got {self.num_labels}")
+      flat = lambda x: None if x is None else x.reshape((-1,) + x.shape[2:])
+      logits = self(flat(input_ids), flat(token_type_ids), flat(attention_mask), position_ids=flat(position_ids),
+                    deterministic=deterministic)
+      return logits.reshape(input_ids.shape[:2])
     encode = lambda **kw: self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
                                         deterministic=deterministic, **kw)
     if self.pooling == "first":

@@ -198,3 +198,52 @@ def test_cmrc_submission(tmp_path):
   assert path.name == "cmrc2018_predict.json"
   assert json.loads(path.read_text(encoding="utf-8")) == {"TEST_0_QUERY_0": "北京", "TEST_0_QUERY_1": ""}
   assert "北京" in path.read_text(encoding="utf-8")  # not ASCII-escaped
+
+
+# ------------------------------------------------------------------------------------------------ on the loop
+def test_truncate_sequences_as_bert4keras():
+  from finetune.clue.choice import truncate_sequences
+  a, q, p = [1, 2, 9], [3, 4, 5, 9], [0, 6, 7, 8, 9]
+  truncate_sequences(8, -2, a, q, p)  # lengths 3,4,5 -> 3,4,4 -> 3,3,4 (a tie: the first) -> 3,3,3 -> 2,3,3
+  assert (a, q, p) == ([1, 9], [3, 4, 9], [0, 6, 9])
+
+
+def _choice_dir(root):
+  c3 = root / "c3_public"
+  c3.mkdir(parents=True)
+  for name in ("m-train.json", "d-train.json", "m-dev.json", "d-dev.json"):
+    (c3 / name).write_text(json.dumps([C3_DOC], ensure_ascii=False), encoding="utf-8")
+  test = [[C3_DOC[0], [{"id": 7, "question": "女的去哪儿了？", "choice": ["图书馆", "商店"]}], "t"]]
+  (c3 / "test1.1.json").write_text(json.dumps(test, ensure_ascii=False), encoding="utf-8")
+  chid = root / "chid_public"
+  chid.mkdir()
+  line = {"candidates": CANDS, "content": ["他做事#idiom000000#，从不#idiom000001#。"]}
+  for split in ("train", "dev", "test1.0"):
+    (chid / f"{split}.json").write_text(json.dumps(line, ensure_ascii=False) + "\n", encoding="utf-8")
+  for split in ("train", "dev"):
+    (chid / f"{split}_answer.json").write_text(json.dumps({"#idiom000000#": 3, "#idiom000001#": 6}))
+  return root
+
+
+@pytest.mark.parametrize("task,seq_len", [("c3", 48), ("chid", 32)])
+def test_choice_tasks_end_to_end(tiny_pretrained, tmp_path_factory, task, seq_len, capsys):
+  from finetune import run
+  from finetune.configs import clue
+  init = tiny_pretrained("choice_init")
+  root = tmp_path_factory.mktemp(f"{task}_files")
+  _choice_dir(root)
+  cfg = clue.get_config()
+  cfg.clue.task, cfg.clue.dir, cfg.init = task, str(root), str(init)
+  cfg.update(dict(epochs=2, batch_size=2, accum_steps=2, seq_len=seq_len, log_every=1))
+  workdir = tmp_path_factory.mktemp(task)
+  summary = run.run(cfg, workdir)
+  assert summary["clue_task"] == task and 0 <= summary["dev_accuracy"] <= 1 and summary["best_step"] in (1, 2)
+  if task == "c3":
+    path = workdir / "predictions" / "c311_predict.json"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["id"] == "7" and rows[0]["label"] in "0123"
+  else:
+    path = workdir / "predictions" / "chid10_predict.json"
+    got = json.loads(path.read_text())
+    assert set(got) == {"#idiom000000#", "#idiom000001#"} and got["#idiom000000#"] != got["#idiom000001#"]
+  assert summary["predictions"] == {("test" if task == "c3" else "test1.0"): str(path)}

@@ -29,7 +29,7 @@ from roformer_jax.config import ConfigError
 
 # task -> (config factory, dev metric key in the run's summary). A task added to the suite adds its line.
 SUITE: dict[str, tuple[str, str]] = {t: ("finetune.configs.clue", "dev_accuracy") for t in
-                                     ("afqmc", "tnews", "iflytek", "ocnli", "cmnli", "csl", "cluewsc")}
+                                     ("afqmc", "tnews", "iflytek", "ocnli", "cmnli", "csl", "cluewsc", "c3", "chid")}
 SUMMARY = "summary.json"
 
 

@@ -93,3 +93,11 @@ class ClueTask(ClassifyTask):
     if predictions:
       out["predictions"] = predictions
     return out
+
+
+def make_task(cfg):
+  """The task of `config.clue.task`: C3 and CHID score choices (finetune.clue.choice), the rest classify."""
+  from finetune.clue import choice
+  if cfg.clue.task in choice.RECIPES:
+    return choice.ChoiceTask(cfg)
+  return ClueTask(cfg)

@@ -4,14 +4,15 @@
       --config.clue.task=afqmc --config.clue.dir=/data/clue      # or --config finetune/configs/clue.py:afqmc
 
 `clue.dir` is the task's official folder (afqmc_public/) or a folder holding it. seq_len, batch_size, epochs and
-accum_steps left at 0 take the task's recipe (max_len 128, batch 32, 10 epochs; CLUEWSC 30); any value given
-wins. The optimiser is the recipe's for every task: bert4keras AdaFactor, lr 5e-4 constant, momentum 0.9,
+accum_steps left at 0 take the task's recipe (max_len 128, batch 32, 10 epochs; CLUEWSC 30; C3 and CHID:
+finetune/clue/choice.py); any value given wins. The optimiser is the recipe's for every task: bert4keras AdaFactor, lr 5e-4 constant, momentum 0.9,
 never factored. Test predictions: <workdir>/predictions/<CLUE submission name> (afqmc_predict.json, ...).
 """
 
 import ml_collections
 
-from finetune.clue.tasks import OPTIMIZER, RECIPES, TASKS
+from finetune.clue import choice
+from finetune.clue.tasks import OPTIMIZER, RECIPES
 from finetune.configs.common import base_config
 from roformer_jax.config import ConfigError
 
@@ -22,7 +23,7 @@ def get_config(task: str = ""):
   c = base_config()
   c.task = "clue"
   c.clue = ml_collections.ConfigDict(dict(
-      task=task,                    # afqmc | tnews | iflytek | ocnli | cmnli | csl | cluewsc
+      task=task,                    # afqmc | tnews | iflytek | ocnli | cmnli | csl | cluewsc | c3 | chid
       dir="",                       # the official files: <dir>/train.json ... or <dir>/<task>_public/train.json
       wsc_style="clue-bert4keras",  # CLUEWSC span marks: clue-bert4keras (_x_ / [y]) | roformer-v2 ([[x]] / [[y]])
       predict=True))                # write test predictions for every test file present
@@ -45,11 +46,14 @@ def get_config(task: str = ""):
   return c
 
 
+ALL_RECIPES = {**RECIPES, **choice.RECIPES}  # the classification tasks, then C3 and CHID
+
+
 def resolve(cfg) -> None:
-  """Fills the keys left at 0 (seq_len, batch_size, epochs, accum_steps) from RECIPES[config.clue.task]."""
+  """Fills the keys left at 0 (seq_len, batch_size, epochs, accum_steps) from the recipe of config.clue.task."""
   task = cfg.clue.task
-  if task not in RECIPES:
-    raise ConfigError(f"config.clue.task: unknown CLUE task {task!r}; expected one of {', '.join(TASKS)}")
+  if task not in ALL_RECIPES:
+    raise ConfigError(f"config.clue.task: unknown CLUE task {task!r}; expected one of {', '.join(ALL_RECIPES)}")
   for key, recipe_key in RECIPE_KEYS.items():
     if not cfg[key]:
-      cfg[key] = RECIPES[task].get(recipe_key, 1)
+      cfg[key] = ALL_RECIPES[task].get(recipe_key, 1)
