@@ -25,6 +25,7 @@ TASKS = {
     "classify": ("finetune.classify", "ClassifyTask"),
     "pet": ("finetune.pet", "PetTask"),
     "ner": ("finetune.ner", "NerTask"),
+    "clue": ("finetune.clue.task", "make_task"),
 }
 
 

@@ -50,23 +50,37 @@ class SequenceClassifier(nn.Module):
 
   As the CLUE baselines (finetune-spec §d.1): the last layer's output, pooled as the first token ([CLS],
   default), the mean or the max over real tokens, then one dense layer with the encoder's initialiser
-  (RoFormerV2: truncated normal scaled by fan-in and depth, no bias; v1: N(0, 0.02) with bias). With
+  (RoFormerV2: truncated normal scaled by fan-in and depth; v1: N(0, 0.02)). `use_bias` None follows the
+  encoder (v1 yes, v2 no); the CLUE scripts (CLUE-bert4keras and the roformer-v2 copy alike) build the head as
+  keras `Dense(units, kernel_initializer=base.initializer)`, whose default use_bias=True gives a zero-initialised
+  bias for RoFormerV2 too, so the CLUE recipe passes True (finetune-spec §0.4 says no bias: that holds for
+  their GlobalPointer heads only, which pass use_bias=False explicitly). With
   `first` pooling the last layer runs at [CLS] only (`output_positions`): the same values for ~1/L of
   that layer's cost. Params: {"roformer": encoder, "classifier": {"kernel" [hidden, num_labels], ...}}.
+  Multiple choice (CLUE's C3, CHID): inputs [B, C, L] and num_labels=1 score each choice's sequence on its own,
+  logits [B, C] (the softmax runs across choices).
   """
   cfg: ModelConfig
   num_labels: int
   pooling: str = "first"
+  use_bias: bool | None = None
 
   def setup(self):
     if self.pooling not in POOLINGS:
       raise ValueError(f"SequenceClassifier.pooling: unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
     self.roformer = RoFormerModel(self.cfg)
-    self.classifier = Dense(self.cfg, (self.num_labels,), ("embed", None))
+    self.classifier = Dense(self.cfg, (self.num_labels,), ("embed", None), use_bias=self.use_bias)
 
   def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None,
                attention_mask: jax.Array | None = None, *, position_ids: jax.Array | None = None,
                deterministic: bool = True) -> jax.Array:
+    if input_ids.ndim == 3:  # [B, C, L] choices: one row per choice, then [B, C] scores
+      if self.num_labels != 1:
+        raise ValueError(f"SequenceClassifier: [batch, choices, length] inputs need num_labels=1, got {self.num_labels}")
+      flat = lambda x: None if x is None else x.reshape((-1,) + x.shape[2:])
+      logits = self(flat(input_ids), flat(token_type_ids), flat(attention_mask), position_ids=flat(position_ids),
+                    deterministic=deterministic)
+      return logits.reshape(input_ids.shape[:2])
     encode = lambda **kw: self.roformer(input_ids, token_type_ids, attention_mask, position_ids=position_ids,
                                         deterministic=deterministic, **kw)
     if self.pooling == "first":

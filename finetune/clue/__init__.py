@@ -5,8 +5,8 @@ submission writer. Encoding is `roformer_jax.data.classify.encode_examples`, the
 `roformer_jax.train.adafactor.clue_adafactor`.
 """
 
-from finetune.clue.data import Split, mark_wsc_spans, read_split, test_splits, write_predictions
-from finetune.clue.tasks import FILES, RECIPES, SUBMISSIONS, TASKS, recipe
+from finetune.clue.data import Split, mark_wsc_spans, read_split, task_dir, test_splits, write_predictions
+from finetune.clue.tasks import FILES, FOLDERS, RECIPES, SUBMISSIONS, TASKS, recipe
 
-__all__ = ["Split", "mark_wsc_spans", "read_split", "test_splits", "write_predictions", "FILES", "RECIPES",
-           "SUBMISSIONS", "TASKS", "recipe"]
+__all__ = ["Split", "mark_wsc_spans", "read_split", "task_dir", "test_splits", "write_predictions", "FILES",
+           "FOLDERS", "RECIPES", "SUBMISSIONS", "TASKS", "recipe"]

@@ -32,7 +32,7 @@ import os
 import pathlib
 from typing import Optional, Sequence, Union
 
-from finetune.clue.tasks import FILES, RECIPES, SUBMISSIONS, TASKS
+from finetune.clue.tasks import FILES, FOLDERS, RECIPES, SUBMISSIONS, TASKS
 from roformer_jax.data.classify import Example
 from roformer_jax.data.jsonl import DataError, field, read_jsonl, write_jsonl
 
@@ -65,6 +65,19 @@ def split_path(task: str, data_dir: PathLike, split: str) -> pathlib.Path:
   if split not in FILES[task]:
     raise KeyError(f"{task} has no split {split!r}; expected one of {tuple(FILES[task])}")
   return pathlib.Path(data_dir) / FILES[task][split]
+
+
+def task_dir(task: str, data_dir: PathLike) -> pathlib.Path:
+  """The folder holding `task`'s files: `data_dir` itself, or its subfolder <official folder> (afqmc_public/)
+  or <task> (afqmc/), whichever has the train file; FileNotFoundError names the places looked at."""
+  split_path(task, data_dir, "train")  # names an unknown task
+  root = pathlib.Path(data_dir)
+  candidates = [root, root / FOLDERS[task], root / task]
+  for folder in candidates:
+    if split_path(task, folder, "train").is_file():
+      return folder
+  raise FileNotFoundError(f"{root}: no {task} files (looked for {FILES[task]['train']} in "
+                          f"{', '.join(str(c) for c in candidates)})")
 
 
 def test_splits(task: str, data_dir: PathLike) -> list[str]:

@@ -50,6 +50,12 @@ FILES: dict[str, dict[str, str]] = {
     "cluewsc": {"train": "train.json", "dev": "dev.json", "test": "test.json", "test1.0": "test1.0.json"},
 }
 
+# task -> the folder of the official zip (<name>.zip unpacks to it); `data.task_dir` also takes the bare task
+# name, the reference scripts' `data_path + 'afqmc/'` layout.
+FOLDERS: dict[str, str] = {"afqmc": "afqmc_public", "tnews": "tnews_public", "iflytek": "iflytek_public",
+                           "ocnli": "ocnli_public", "cmnli": "cmnli_public", "csl": "csl_public",
+                           "cluewsc": "cluewsc2020_public"}
+
 # task -> test split -> CLUE submission file name (<task><version>_predict.json; CLUE 1.1 is `test`).
 SUBMISSIONS: dict[str, dict[str, str]] = {
     "afqmc": {"test": "afqmc_predict.json"},

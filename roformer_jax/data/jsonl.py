@@ -50,11 +50,12 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
       yield n, obj
 
 
-def read_json_list(path: PathLike) -> Iterator[tuple[int, dict]]:
-  """(1-based line where it starts, object) for every element of a file holding one JSON list of objects.
+def read_json_list(path: PathLike, element: type = dict) -> Iterator[tuple[int, Any]]:
+  """(1-based line where it starts, element) for every element of a file holding one JSON list of objects
+  (or of `element`s: C3's files are lists of lists).
 
   Raises DataError naming the file and line for invalid UTF-8, invalid JSON, a file that is not a list
-  or an element that is not an object.
+  or an element that is not an object (`element`).
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -93,8 +94,9 @@ def read_json_list(path: PathLike) -> Iterator[tuple[int, dict]]:
     except json.JSONDecodeError as e:
       raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     here = where(pos)
-    if not isinstance(obj, dict):
-      raise DataError(f"{here}: expected a JSON object, got {type(obj).__name__}")
+    if not isinstance(obj, element):
+      what = "a JSON object" if element is dict else f"a JSON {element.__name__}"
+      raise DataError(f"{here}: expected {what}, got {type(obj).__name__}")
     yield line, obj
     pos = skip(end)
     if pos < len(text) and text[pos] == "]":

@@ -22,8 +22,7 @@ EMBEDDED = "embedded"
 TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
-class DataError(ValueError):
-  """A bad line of an input file; the message starts with `file:line:`."""
+from roformer_jax.data.jsonl import DataError  # noqa: E402,F401 -- one class for every bad data line
 
 
 class CorpusError(DataError):

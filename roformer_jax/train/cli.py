@@ -33,10 +33,9 @@ def is_user_error(e: BaseException) -> bool:
   Anything else is a bug and keeps its traceback."""
   from roformer_jax.config import ConfigError
   from roformer_jax.convert.load import CheckpointError
-  from roformer_jax.data.jsonl import DataError as JsonlDataError  # the extraction readers' (a separate class)
-  from roformer_jax.data.sources import DataError
-  return isinstance(e, (ConfigError, CheckpointError, DataError, JsonlDataError, FileNotFoundError,
-                        FileExistsError, NotADirectoryError, IsADirectoryError))
+  from roformer_jax.data.jsonl import DataError  # also roformer_jax.data.sources.DataError
+  return isinstance(e, (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError,
+                        NotADirectoryError, IsADirectoryError))
 
 
 def main(prog: str, run: Callable[[Any, str], dict]) -> None:

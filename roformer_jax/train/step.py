@@ -47,6 +47,10 @@ def abstract_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTr
   is_sharding = lambda x: isinstance(x, NamedSharding)
   opt_shardings = optax.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
                                         transform_non_params=lambda _: repl, is_leaf=is_sharding)
+  # A state leaf can have its parameter's tree position but not its rank or shape (AdaFactor keeps a [1]
+  # placeholder where a moment is unused, factored rows [n, 1]): fit the sharding, replicate a lower rank.
+  fit = lambda s, x: repl if len(s.spec) > x.ndim else sharding_lib.fit_to_shapes(s, x)
+  opt_shardings = jax.tree_util.tree_map(fit, opt_shardings, opt_state, is_leaf=is_sharding)
   shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings, rng=repl)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
                         rng=jax.ShapeDtypeStruct((2,), jnp.uint32))

@@ -1,0 +1,176 @@
+"""All of CLUE from one command: any subset of the tasks, the reference recipes, one results table, one zip.
+
+  python -m finetune.clue.suite --clue_dir /data/clue --init PATH --workdir workdir/clue \
+      [--tasks afqmc,tnews,...] [--set epochs=1 --set batch_size=16 ...]
+
+`--init` is any checkpoint `from_pretrained` reads. Each task trains in <workdir>/<task> with its recipe
+(finetune/configs/clue.py; `--set key=value` overrides a config key for every task). A finished task writes
+<workdir>/<task>/summary.json (atomically) and is skipped by a rerun; an unfinished one resumes from its last
+checkpoint, so rerunning the same command completes a half-finished suite. At the end:
+  <workdir>/results.json   task -> dev metric, best step, prediction files
+  <workdir>/results.md     the same as a markdown table
+  <workdir>/clue_submission.zip   every test prediction under its official name (afqmc_predict.json, ...),
+                           the layout the CLUE site takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from roformer_jax.config import ConfigError
+
+# task -> (config factory, dev metric key in the run's summary). A task added to the suite adds its line.
+SUITE: dict[str, tuple[str, str]] = {t: ("finetune.configs.clue", "dev_accuracy") for t in
+                                     ("afqmc", "tnews", "iflytek", "ocnli", "cmnli", "csl", "cluewsc", "c3", "chid")}
+SUMMARY = "summary.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def parse_tasks(tasks: str) -> list[str]:
+  """"afqmc,tnews" -> ["afqmc", "tnews"] (suite order kept as given); ConfigError names an unknown task."""
+  names = [t.strip().lower() for t in tasks.split(",") if t.strip()] if tasks else list(SUITE)
+  unknown = [t for t in names if t not in SUITE]
+  if unknown or not names:
+    raise ConfigError(f"--tasks: unknown CLUE task(s) {unknown or tasks!r}; expected a comma list of {list(SUITE)}")
+  return list(dict.fromkeys(names))
+
+
+def apply_overrides(cfg, overrides: Sequence[str]) -> None:
+  """`key.sub=value` strings onto a ConfigDict; values parse as Python literals (else strings) and must keep
+  the key's type (an int key takes an int); ConfigError names a bad one."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep:
+      raise ConfigError(f"--set {item!r}: expected key=value")
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = raw
+    *parents, leaf = key.split(".")
+    node = cfg
+    for p in parents:
+      if p not in node:
+        raise ConfigError(f"--set {item!r}: config has no key {key!r}")
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"--set {item!r}: config has no key {key!r}")
+    old = node[leaf]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if old is not None and type(value) is not type(old) and not (isinstance(old, tuple) and isinstance(value, list)):
+      raise ConfigError(f"--set {item!r}: config.{key} is {type(old).__name__}, got {type(value).__name__}")
+    node[leaf] = tuple(value) if isinstance(old, tuple) else value
+
+
+def task_config(task: str, clue_dir: str, init: str, overrides: Sequence[str] = ()):
+  import importlib
+  module, _ = SUITE[task]
+  cfg = importlib.import_module(module).get_config(task)
+  cfg.init, cfg.clue.dir = init, clue_dir
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def run_suite(clue_dir: str, init: str, workdir: str | Path, tasks: Sequence[str],
+              overrides: Sequence[str] = (), log: Callable[[str], None] = print,
+              run: Optional[Callable[[Any, Path], dict]] = None) -> dict[str, dict]:
+  """Trains and evaluates `tasks` in turn (skipping finished ones); returns task -> results row."""
+  if run is None:
+    from finetune.run import run
+  workdir = Path(workdir).expanduser().absolute()
+  if not Path(clue_dir).expanduser().is_dir():
+    raise ConfigError(f"--clue_dir={clue_dir}: no such folder")
+  configs = {t: task_config(t, clue_dir, init, overrides) for t in tasks}  # every bad --set before any training
+  summaries: dict[str, dict] = {}
+  for task in tasks:
+    path = workdir / task / SUMMARY
+    if path.is_file():
+      summaries[task] = json.loads(path.read_text(encoding="utf-8"))
+      log(f"[suite] {task}: finished before ({path}); skipped")
+      continue
+    log(f"[suite] {task}: training in {workdir / task}"
+        + (" (resuming from its checkpoints)" if (workdir / task / "checkpoints").is_dir() else ""))
+    summary = run(configs[task], workdir / task)
+    _atomic_write(path, json.dumps(summary, ensure_ascii=False, indent=1).encode("utf-8"))
+    summaries[task] = summary
+  rows = {t: result_row(t, s) for t, s in summaries.items()}
+  write_results(workdir, rows)
+  return rows
+
+
+def result_row(task: str, summary: dict) -> dict:
+  metric = SUITE[task][1]
+  return {"metric": metric.removeprefix("dev_"), "dev": summary.get(metric), "best_step": summary.get("best_step"),
+          "steps": summary.get("step"), "predictions": summary.get("predictions", {})}
+
+
+def write_results(workdir: Path, rows: dict[str, dict]) -> None:
+  """results.json, results.md and clue_submission.zip (every prediction file under its own name)."""
+  _atomic_write(workdir / "results.json", json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8"))
+  lines = ["| task | dev metric | dev | best step / steps | test predictions |", "|---|---|---|---|---|"]
+  for task, r in rows.items():
+    dev = "-" if r["dev"] is None else f"{100 * r['dev']:.2f}"
+    files = ", ".join(Path(p).name for p in r["predictions"].values()) or "-"
+    lines.append(f"| {task} | {r['metric']} | {dev} | {r['best_step']} / {r['steps']} | {files} |")
+  _atomic_write(workdir / "results.md", ("\n".join(lines) + "\n").encode("utf-8"))
+  fd, tmp = tempfile.mkstemp(dir=workdir, prefix=".clue_submission.zip.", suffix=".tmp")
+  os.close(fd)
+  try:
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+      for r in rows.values():
+        for p in r["predictions"].values():
+          z.write(p, arcname=Path(p).name)
+    os.replace(tmp, workdir / "clue_submission.zip")
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m finetune.clue.suite", description=__doc__.split("\n")[0])
+  parser.add_argument("--clue_dir", required=True, help="folder holding the official <task>_public/ folders")
+  parser.add_argument("--init", required=True, help="the checkpoint: anything from_pretrained reads")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--tasks", default="", help=f"comma list; default all of {','.join(SUITE)}")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config key for every task (finetune/configs/clue.py), e.g. epochs=3")
+  args = parser.parse_args(argv)
+  from roformer_jax import startup
+  startup.quiet_tpu_probe()
+  from roformer_jax.train.cli import is_user_error
+  try:
+    rows = run_suite(args.clue_dir, args.init, args.workdir, parse_tasks(args.tasks), args.set)
+  except Exception as e:  # noqa: BLE001 -- user errors in one line; the rest keep their traceback
+    if not is_user_error(e):
+      raise
+    print(f"clue suite: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  print((Path(args.workdir) / "results.md").read_text(encoding="utf-8"), end="")
+  print(json.dumps({"results": str(Path(args.workdir).absolute() / "results.json"),
+                    "submission": str(Path(args.workdir).absolute() / "clue_submission.zip"),
+                    **{t: r["dev"] for t, r in rows.items()}}), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""A CLUE classification task (finetune/clue/task.py) with the reference recipe (finetune.clue.tasks.RECIPES).
+
+  python -m finetune.run --config finetune/configs/clue.py --workdir workdir/clue/afqmc --config.init=PATH \
+      --config.clue.task=afqmc --config.clue.dir=/data/clue      # or --config finetune/configs/clue.py:afqmc
+
+`clue.dir` is the task's official folder (afqmc_public/) or a folder holding it. seq_len, batch_size, epochs and
+accum_steps left at 0 take the task's recipe (max_len 128, batch 32, 10 epochs; CLUEWSC 30; C3 and CHID:
+finetune/clue/choice.py); any value given wins. The optimiser is the recipe's for every task: bert4keras AdaFactor, lr 5e-4 constant, momentum 0.9,
+never factored. Test predictions: <workdir>/predictions/<CLUE submission name> (afqmc_predict.json, ...).
+"""
+
+import ml_collections
+
+from finetune.clue import choice
+from finetune.clue.tasks import OPTIMIZER, RECIPES
+from finetune.configs.common import base_config
+from roformer_jax.config import ConfigError
+
+RECIPE_KEYS = {"seq_len": "max_len", "batch_size": "batch_size", "epochs": "epochs", "accum_steps": "accum_steps"}
+
+
+def get_config(task: str = ""):
+  c = base_config()
+  c.task = "clue"
+  c.clue = ml_collections.ConfigDict(dict(
+      task=task,                    # afqmc | tnews | iflytek | ocnli | cmnli | csl | cluewsc | c3 | chid
+      dir="",                       # the official files: <dir>/train.json ... or <dir>/<task>_public/train.json
+      wsc_style="clue-bert4keras",  # CLUEWSC span marks: clue-bert4keras (_x_ / [y]) | roformer-v2 ([[x]] / [[y]])
+      predict=True))                # write test predictions for every test file present
+  c.pooling = "first"
+  # The reference's head is keras Dense(num_labels, kernel_initializer=base.initializer): a zero-initialised
+  # bias also on RoFormerV2 (whose encoder has none). False = no bias, as our v2 default elsewhere.
+  c.head_bias = True
+  for key in RECIPE_KEYS:           # 0 = the task's recipe (resolve)
+    c[key] = 0
+  c.optimizer.name = OPTIMIZER["name"]
+  c.optimizer.learning_rate = OPTIMIZER["learning_rate"]
+  c.optimizer.b1 = OPTIMIZER["beta1"]
+  c.optimizer.min_dim_size_to_factor = OPTIMIZER["min_dim_size_to_factor"]
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.warmup_steps = 0
+  c.optimizer.decay = OPTIMIZER["schedule"]
+  c.best_metric = "eval_accuracy"
+  if task:
+    resolve(c)
+  return c
+
+
+ALL_RECIPES = {**RECIPES, **choice.RECIPES}  # the classification tasks, then C3 and CHID
+
+
+def resolve(cfg) -> None:
+  """Fills the keys left at 0 (seq_len, batch_size, epochs, accum_steps) from the recipe of config.clue.task."""
+  task = cfg.clue.task
+  if task not in ALL_RECIPES:
+    raise ConfigError(f"config.clue.task: unknown CLUE task {task!r}; expected one of {', '.join(ALL_RECIPES)}")
+  for key, recipe_key in RECIPE_KEYS.items():
+    if not cfg[key]:
+      cfg[key] = ALL_RECIPES[task].get(recipe_key, 1)
