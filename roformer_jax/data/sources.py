@@ -17,12 +17,10 @@ import pathlib
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 from roformer_jax import corpus
+from roformer_jax.data.jsonl import DataError  # noqa: F401 -- one class for every bad data line
 
 EMBEDDED = "embedded"
 TEXT_SUFFIXES = (".txt", ".jsonl")
-
-
-from roformer_jax.data.jsonl import DataError  # noqa: E402,F401 -- one class for every bad data line
 
 
 class CorpusError(DataError):
