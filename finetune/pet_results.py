@@ -14,12 +14,12 @@ times; the best dev accuracy's params are tested. Few-shot K = 32 thus sees its 
 
 from __future__ import annotations
 
-import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from absl import app, flags
+
+from finetune.grid import mean_sd
 
 flags.DEFINE_string("init", "workdir/tiny_cpu", "Checkpoint to start from (anything from_pretrained reads).")
 flags.DEFINE_string("out", "workdir/pet_results", "Where the runs and results.jsonl go.")
@@ -53,25 +53,18 @@ def runs() -> list[tuple[str, str, dict[str, Any]]]:
   return out
 
 
-def _stat(values: list[float]) -> str:
-  if not values:
-    return "–"
-  sd = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{statistics.mean(values):.3f} ± {sd:.3f} (n={len(values)})"
-
-
 def table(results: dict[str, dict]) -> str:
   rows = ["| run | test accuracy (PET) | test accuracy ([CLS] baseline) |", "|---|---|---|"]
   for p in FLAGS.patterns:
     r = results.get(f"zero_shot_{p}")
-    rows.append(f"| zero-shot {p} `{r['pattern'] if r else ''}` | {_stat([r['test_accuracy']] if r else [])} | – |")
+    rows.append(f"| zero-shot {p} `{r['pattern'] if r else ''}` | {mean_sd([r['test_accuracy']] if r else [])} | – |")
   groups = [(f"few-shot K={k}", f"few_shot_k{k}_s") for k in FLAGS.ks]
   groups += [("unsupervised (MLM on the train texts)", "unsupervised_s"),
              (f"semi-supervised K={FLAGS.semi_k}", f"semi_supervised_k{FLAGS.semi_k}_s")]
   for label, prefix in groups:
     got = [results[f"{prefix}{s}"] for s in FLAGS.seeds if f"{prefix}{s}" in results]
     base = [r["baseline_test_accuracy"] for r in got if "baseline_test_accuracy" in r]
-    rows.append(f"| {label} | {_stat([r['test_accuracy'] for r in got])} | {_stat(base)} |")
+    rows.append(f"| {label} | {mean_sd([r['test_accuracy'] for r in got])} | {mean_sd(base)} |")
   return "\n".join(rows)
 
 
@@ -107,27 +100,11 @@ def main(argv):
   # Imported after flag parsing: these modules define the fine-tuning CLI's flags, which this one does not use.
   from finetune import pet_compare
   from finetune import run as finetune_run
-  from roformer_jax import startup
-  startup.quiet_tpu_probe()
-  from absl import logging
-  logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
-  workdir = Path(FLAGS.out).expanduser().absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  log = workdir / "results.jsonl"
-  results = {}
-  if log.is_file():
-    results = {r["run"]: r for r in map(json.loads, log.read_text().splitlines())}
-  for name, driver, overrides in runs():
-    if name in results:
-      continue
-    cfg = _config(**overrides)
-    summary = (pet_compare.run if driver == "compare" else finetune_run.run)(cfg, workdir / name)
-    summary = {"run": name, **overrides, **summary}
-    with open(log, "a") as f:  # one line per finished run: a crash loses at most the run under way
-      f.write(json.dumps(summary) + "\n")
-    results[name] = summary
-    print(json.dumps({k: summary.get(k) for k in ("run", "dev_accuracy", "test_accuracy", "baseline_test_accuracy")}),
-          flush=True)
+  from finetune.grid import quiet, run_grid
+  quiet()
+  drivers = {"run": finetune_run.run, "compare": pet_compare.run}
+  grid = [(name, drivers[driver], overrides) for name, driver, overrides in runs()]
+  results = run_grid(grid, Path(FLAGS.out), _config, ("dev_accuracy", "test_accuracy", "baseline_test_accuracy"))
   print(table(results))
   if FLAGS.plot:
     plot(results, Path(FLAGS.plot))

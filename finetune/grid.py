@@ -1,0 +1,50 @@
+"""What the results grids of docs/RESULTS.md share: runs that resume, one summary line per finished run, mean ± sd.
+
+A grid is a list of (name, run function, config overrides); `run_grid` calls `fn(config, <out>/<name>)` for every
+run not yet in <out>/results.jsonl, in this process, and appends its summary there, so a rerun skips finished runs
+and an unfinished one resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+Run = tuple[str, Callable[[Any, Path], dict], dict[str, Any]]
+
+
+def quiet() -> None:
+  """As the CLIs start: no accelerator probe noise, no orbax/grain INFO lines."""
+  from absl import logging
+
+  from roformer_jax import startup
+  startup.quiet_tpu_probe()
+  logging.set_verbosity(logging.WARNING)
+
+
+def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
+             report: Sequence[str] = ("test_accuracy",)) -> dict[str, dict]:
+  """{name: summary} of every run (finished earlier or now); prints `report` keys of each new run."""
+  out = Path(out).expanduser().absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  log = out / "results.jsonl"
+  results = {r["run"]: r for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
+  for name, fn, overrides in runs:
+    if name in results:
+      continue
+    summary = {"run": name, **overrides, **fn(make_config(**overrides), out / name)}
+    with open(log, "a") as f:  # one line per finished run: a crash loses at most the run under way
+      f.write(json.dumps(summary) + "\n")
+    results[name] = summary
+    print(json.dumps({"run": name, **{k: summary.get(k) for k in report}}), flush=True)
+  return results
+
+
+def mean_sd(values: Sequence[float]) -> str:
+  """'0.547 ± 0.012 (n=3)'; '–' for none."""
+  if not values:
+    return "–"
+  sd = statistics.stdev(values) if len(values) > 1 else 0.0
+  return f"{statistics.mean(values):.3f} ± {sd:.3f} (n={len(values)})"
