@@ -1,6 +1,6 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, finetune, attention, aot, tokenizer, exactness. The process first re-executes itself with glibc malloc
+Commands: forward, train, finetune, decode, attention, aot, tokenizer, exactness. The process first re-executes itself with glibc malloc
 tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
@@ -16,6 +16,7 @@ COMMANDS = {
     "forward": "roformer_jax.bench.forward",
     "train": "roformer_jax.bench.train",
     "finetune": "roformer_jax.bench.finetune",
+    "decode": "roformer_jax.bench.decode",
     "attention": "roformer_jax.bench.attention",
     "aot": "roformer_jax.bench.aot",
     "tokenizer": "roformer_jax.bench.tokenizer_speed",
