@@ -24,6 +24,7 @@ cli.define_flags("Fine-tuning config file (finetune/configs/*.py).")
 TASKS = {
     "classify": ("finetune.classify", "ClassifyTask"),
     "pet": ("finetune.pet", "PetTask"),
+    "seq2seq": ("finetune.seq2seq", "Seq2SeqTask"),
 }
 
 
