@@ -129,8 +129,11 @@ class Seq2SeqTask(Task):
         raise ConfigError(f"{self.vocab_file}: no {t} token; the seq2seq task needs [CLS], [SEP], [UNK], [MASK]")
     self.folder = pinyin.prepare_pinyin(Path(cfg.data_dir).expanduser())
     self.splits = pinyin.load_pinyin(self.folder)
+    # The first sentences only (tests, quick looks); the baseline is scored on the same test sentences.
     if cfg.eval_examples:
       self.splits["dev"] = self.splits["dev"][:cfg.eval_examples]
+    if cfg.test_examples:
+      self.splits["test"] = self.splits["test"][:cfg.test_examples]
     self.max_chars = max(len(ex.text) for s in self.splits.values() for ex in s)
     self.seq_len = 2 * self.max_chars + 3
     if cfg.seq_len and cfg.seq_len < self.seq_len:

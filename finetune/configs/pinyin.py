@@ -25,7 +25,8 @@ def get_config():
       length_penalty=0.0,           # beam score = log p / length ** length_penalty
   ))
   c.fill_source = True              # fill the source with [MASK] to the longest sentence's width (see seq2seq.py)
-  c.eval_examples = 0               # dev sentences decoded at each evaluation; 0 = all
+  c.eval_examples = 0               # the first dev sentences, decoded at each evaluation and in finish; 0 = all
+  c.test_examples = 0               # the first test sentences (scored, with the baseline, in finish); 0 = all
   c.model.overrides = dict(hidden_dropout=0.0, attention_dropout=0.0)
   c.seq_len = 0                     # 0 = what the data needs (2 x longest sentence + 3)
   c.batch_size = 32

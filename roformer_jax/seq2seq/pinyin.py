@@ -220,19 +220,23 @@ def unit_codes(train: Iterable[Example], vocab: Mapping[str, int]) -> dict[str, 
   """Each training unit's source token: the vocabulary id of a character written for it, so that the
   source is one known token per syllable (the char vocab has no pinyin). Units are taken by frequency (ties
   by name); each takes its most frequent character that is in `vocab` and not yet taken, so that no two
-  units share a token (the code loses nothing of the pinyin); one with none left takes the first free
-  one-character token of `vocab`. The source written this way reads as the baseline's output, which the
-  model then corrects from context."""
+  units share a token (the code loses nothing of the pinyin); those with none left then take the free
+  one-character tokens of `vocab` in id order. The source written this way reads as the baseline's output,
+  which the model then corrects from context."""
   counts = unit_counts(train)
   taken: set[int] = set()
-  free = [i for t, i in sorted(vocab.items(), key=lambda kv: kv[1]) if len(t) == 1]
-  out = {}
-  for u in sorted(counts, key=lambda u: (-sum(counts[u].values()), u)):
+  out: dict[str, int] = {}
+  order = sorted(counts, key=lambda u: (-sum(counts[u].values()), u))
+  for u in order:
     ids = [vocab[c] for c in ranked(counts[u]) if c in vocab and vocab[c] not in taken]
-    if not ids:
-      ids = [i for i in free if i not in taken][:1]
-      if not ids:  # more units than one-character tokens
+    if ids:
+      out[u] = ids[0]
+      taken.add(ids[0])
+  # Then the units whose characters were all taken (or unknown), in the same order.
+  free = iter([i for t, i in sorted(vocab.items(), key=lambda kv: kv[1]) if len(t) == 1 and i not in taken])
+  for u in order:
+    if u not in out:
+      out[u] = next(free, None)
+      if out[u] is None:  # more units than one-character tokens
         raise ValueError(f"the vocabulary ({len(vocab)} tokens) has no free one-character token for unit {u!r}")
-    out[u] = ids[0]
-    taken.add(ids[0])
-  return out
+  return {u: out[u] for u in order}
