@@ -30,9 +30,9 @@ def get_config():
   c.model.overrides = dict(hidden_dropout=0.0, attention_dropout=0.0)
   c.seq_len = 0                     # 0 = what the data needs (2 x longest sentence + 3)
   c.batch_size = 32
-  c.epochs = 1
+  c.epochs = 2
   c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 1e-3
+  c.optimizer.learning_rate = 3e-3
   c.optimizer.weight_decay = 0.0
   c.optimizer.warmup_steps = 50
   c.optimizer.decay = "cosine"
