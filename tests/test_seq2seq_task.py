@@ -107,6 +107,34 @@ def test_unit_codes_are_distinct_known_tokens():
     pinyin.unit_codes(train, {k: v for k, v in vocab.items() if k != "x"})
 
 
+@pytest.mark.parametrize("fill", [False, True])
+def test_training_rows_layout(fill):
+  """[CLS] codes ([MASK] fill) [SEP] target [SEP]; the loss positions score exactly the target and its [SEP]."""
+  from finetune.seq2seq import PinyinArrays, StepBatches
+  vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "他", "是", "人", "。", "事"])}
+  examples = [ex("他是人。", "ta shi ren 。"), ex("它是事", "ta shi shi")]  # 它 is not in the vocab
+  codes = pinyin.unit_codes(examples, vocab)
+  data = PinyinArrays(examples, codes, vocab, max_chars=5, fill=fill)
+  rows = data.sequences(np.array([0, 1]), seq_len=13)
+  ta, shi, ren = codes["ta"], codes["shi"], codes["ren"]
+  fill0, fill1 = ([4] if fill else []), ([4, 4] if fill else [])
+  want0 = [2, ta, shi, ren, 8, *fill0, 3, 5, 6, 7, 8, 3]
+  want1 = [2, ta, shi, shi, *fill1, 3, 1, 6, 9, 3]  # 它 -> [UNK] in the input; never right in the metrics
+  for r, want, k in ((0, want0, 4), (1, want1, 3)):
+    ids = rows["input_ids"][r]
+    assert ids.tolist() == want + [0] * (13 - len(want))
+    s = len(want) - k - 1  # source length
+    assert rows["token_type_ids"][r].tolist() == [0] * s + [1] * (k + 1) + [0] * (13 - len(want))
+    pos = rows["loss_positions"][r][rows["loss_mask"][r] == 1]
+    assert ids[pos + 1].tolist() == want[s:]  # the target characters, then [SEP]
+  assert data.target[1].tolist() == [-1, 6, 9, -1, -1]
+  # Global batches: each epoch a seeded permutation, laid end to end.
+  batches = StepBatches(data, batch_size=3, seq_len=13, seed=0)
+  drawn = np.concatenate([batches.rows(k) for k in range(4)])  # 12 rows = 6 epochs of 2
+  assert all(sorted(drawn[2 * e:2 * e + 2].tolist()) == [0, 1] for e in range(6))
+  assert np.array_equal(StepBatches(data, 3, 13, 0).rows(3), batches.rows(3))
+
+
 # --- the gathered loss ------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2])
 def test_teaforn_loss_at_target_positions_equals_the_full_loss(n):
