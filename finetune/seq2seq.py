@@ -5,11 +5,17 @@ example is [CLS] source [SEP] target [SEP] (segment 0, then 1) under the UniLM m
 model (`config.init`, its MLM head included).
 
 Source tokens: the checkpoint's char vocabulary has no pinyin syllables, only single latin letters, so a
-syllable spelled out would take 3-6 tokens (a sentence of 32 characters about 150) and the model would first
-have to learn which letters make which syllable and where each syllable starts. Instead each syllable is one
-token: the id of a character that reads that way (`pinyin.unit_codes`: its most frequent one in the training
-split, distinct for each syllable, so the code keeps all of the pinyin). Source and target then have one
-token per character, the source reads as the baseline's output, and the model learns to correct it.
+syllable spelled out takes its letters as word pieces (2.85 tokens a syllable on average, measured on 3,000
+training sentences with workdir/tiny_cpu's vocab; up to 106 tokens a sentence) and the model would first have to
+learn which letters make which syllable and where each starts. Instead each syllable is one token: the id of a
+character that reads that way (`pinyin.unit_codes`: its most frequent one in the training split, distinct for
+each syllable, so the code keeps all of the pinyin). Source and target then have one token per character, and
+the source reads as the baseline's output, which the model learns to correct.
+
+With `config.fill_source` (default) the source is filled with [MASK] up to the longest sentence, so the k-th
+character is always the same distance after its syllable: under RoPE that is one relative offset, which a
+2-layer model picks up at once. Measured, tiny_cpu, 60 steps of 32 at lr 3e-3, 256 dev sentences: 39.5% dev
+character accuracy filled, 3.1% with the source's natural length (the offset then changes with each sentence).
 
 Loss: `teaforn.teaforn_loss_at` (= `teaforn_loss`, the LM head on the target positions only) with `config.teaforn.n` passes (1 = teacher forcing) and weights
 `config.teaforn.weights` (() = 1 for every pass). Evaluation on dev each epoch: cached greedy decoding,

