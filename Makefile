@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: pretrain finetune finetune-ner test bench clean kernels
+.PHONY: pretrain finetune finetune-ner finetune-seq2seq test bench clean kernels
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -30,6 +30,12 @@ finetune: $(STAMP) kernels
 # from scratch; the last line is one JSON object (test_f1, test_precision, test_recall, scratch_test_f1).
 finetune-ner: $(STAMP) kernels
 	$(PY) -m finetune.ner_compare --config finetune/configs/ner.py --workdir workdir/ner --config.init=workdir/tiny_cpu
+
+# After `make pretrain`: pinyin -> characters over People's Daily (UniLM, TeaForN N = 2) from workdir/tiny_cpu,
+# against the most-frequent-character baseline; one JSON line at the end (finetune/seq2seq.py).
+finetune-seq2seq: $(STAMP) kernels
+	$(PY) -m finetune.run --config finetune/configs/pinyin.py --workdir workdir/pinyin_n2 \
+	    --config.init=workdir/tiny_cpu --config.teaforn.n=2
 
 # JAX_PLATFORMS=cpu: with libtpu installed, every JAX process would otherwise take libtpu's
 # single-process lock and block the ahead-of-time TPU compilation tests. USE_TF=0 keeps

@@ -26,6 +26,7 @@ TASKS = {
     "pet": ("finetune.pet", "PetTask"),
     "ner": ("finetune.ner", "NerTask"),
     "clue": ("finetune.clue.task", "make_task"),
+    "seq2seq": ("finetune.seq2seq", "Seq2SeqTask"),
 }
 
 

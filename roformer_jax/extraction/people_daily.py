@@ -44,13 +44,11 @@ import json
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 from typing import Optional, Union
 
 import numpy as np
 
-from roformer_jax import corpus
+from roformer_jax import corpus, splits
 from roformer_jax.data.jsonl import DataError, field, read_jsonl, write_jsonl
 from roformer_jax.extraction.readers import NerExample
 
@@ -62,7 +60,7 @@ COMPOUND_SURNAMES = frozenset(
     "申屠 澹台 太史 闻人 赫连 万俟 钟离 百里 东郭 公冶 濮阳 单于 拓跋 完颜".split())
 SENTENCE_END = frozenset("。！？")
 CLOSERS = frozenset("”’）」』》〉】）\"')")
-SPLITS = ("train", "dev", "test")
+SPLITS = splits.SPLITS
 SPLIT_SEED = 0
 DEV_FRACTION = TEST_FRACTION = 0.1
 FORMAT = "people-daily-ner-v1"  # bump when reading, sentence or split rules change: part of every key
@@ -211,10 +209,7 @@ def read_people_daily(path: Optional[PathLike] = None) -> tuple[list[tuple[int, 
 
 def split_paragraphs(num_paragraphs: int, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
   """{split: sorted paragraph indices}: a seeded permutation cut into test, dev, train."""
-  order = np.random.default_rng(seed).permutation(num_paragraphs)
-  n_test, n_dev = round(TEST_FRACTION * num_paragraphs), round(DEV_FRACTION * num_paragraphs)
-  parts = dict(test=order[:n_test], dev=order[n_test:n_test + n_dev], train=order[n_test + n_dev:])
-  return {s: np.sort(parts[s]) for s in SPLITS}
+  return splits.split_indices(num_paragraphs, seed, DEV_FRACTION, TEST_FRACTION)
 
 
 def _fingerprint(path: pathlib.Path) -> str:
@@ -236,10 +231,8 @@ def prepare_people_daily(data_dir: PathLike, source: Optional[PathLike] = None) 
   rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
   for paragraph, ex in sentences:
     rows[split_of[paragraph]].append({"text": ex.text, "entities": [list(e) for e in ex.entities]})
-  root.mkdir(parents=True, exist_ok=True)
-  # A dot-name beside the target: same filesystem, so the rename is atomic; a crash leaves only `.<key>.tmp-*`.
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=root))
-  try:
+
+  def write(tmp: pathlib.Path) -> None:
     sizes = {}
     for s in SPLITS:
       write_jsonl(tmp / f"{s}.jsonl", rows[s])
@@ -248,13 +241,8 @@ def prepare_people_daily(data_dir: PathLike, source: Optional[PathLike] = None) 
     meta = dict(name=NAME, format=FORMAT, types=list(TYPES), split_seed=SPLIT_SEED, dev_fraction=DEV_FRACTION,
                 test_fraction=TEST_FRACTION, source=str(path), sizes=sizes, **stats)
     (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    try:
-      os.rename(tmp, out)
-    except OSError:
-      if not (out / "meta.json").is_file():  # not a concurrent writer that finished first
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+
+  splits.write_folder_atomically(out, write)
   return out
 
 

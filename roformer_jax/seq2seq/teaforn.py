@@ -92,3 +92,35 @@ def teaforn_loss(model: RoFormerForMaskedLM, params: Any, input_ids: Array, toke
   for k in range(1, num_passes):
     total = total + per_pass[k] * weights[k]
   return total, per_pass
+
+
+def _head(module: RoFormerForMaskedLM, hidden: Array) -> Array:
+  return module.mlm(hidden, module.roformer.embeddings)
+
+
+def teaforn_loss_at(model: RoFormerForMaskedLM, params: Any, input_ids: Array, token_type_ids: Array,
+                    attention_mask: Array, positions: Array, position_mask: Array, *, num_passes: int = 1,
+                    weights: Sequence[float] | None = None, deterministic: bool = True,
+                    dropout_rng: Array | None = None, residual_scale: Array | float = 1.0) -> tuple[Array, Array]:
+  """`teaforn_loss` with the LM head run only at `positions` [B, P] (where `position_mask` [B, P] is 1): the
+  positions whose next token is a target. With every such position listed once it is the same loss; the
+  head (hidden x vocab, most of a small model's cost) then runs on the target half of the sequence only.
+  Under jit the full-sequence logits `teaforn_passes` also returns are unused and compiled away."""
+  weights = (1.0,) * num_passes if weights is None else tuple(weights)
+  if len(weights) != num_passes:
+    raise ValueError(f"TeaForN: {len(weights)} weights for num_passes={num_passes}")
+  passes = teaforn_passes(model, params, input_ids, token_type_ids, attention_mask, num_passes=num_passes,
+                          deterministic=deterministic, dropout_rng=dropout_rng, residual_scale=residual_scale)
+  labels = jnp.take_along_axis(input_ids, jnp.minimum(positions + 1, input_ids.shape[1] - 1), axis=1)
+  w = position_mask.astype(jnp.float32)
+  per_pass = []
+  for hidden, _ in passes:
+    h = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=_head).astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
+    per_pass.append(jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0))
+  per_pass = jnp.stack(per_pass)
+  total = per_pass[0] * weights[0]
+  for k in range(1, num_passes):
+    total = total + per_pass[k] * weights[k]
+  return total, per_pass
