@@ -1,0 +1,73 @@
+"""The TeaForN grid of docs/RESULTS.md: N = 1 against N = 2 and 3, at equal steps and at equal compute.
+
+  python -m finetune.seq2seq_results --init workdir/tiny_cpu --out workdir/seq2seq_results [--seeds 0,1,2]
+
+Every run is `finetune.run` on `finetune/configs/pinyin.py` (pinyin -> characters over People's Daily; the best
+dev character accuracy kept; test decoded greedily and with beam 4) with `--steps` optimiser steps of batch 32, and:
+
+  n1, n2, n3        N = 1 (teacher forcing), 2, 3 passes, all at `--steps` steps      (equal steps)
+  n1_x2, n1_x3      N = 1 at 2x and 3x the steps: the encoder passes of n2 and n3      (equal compute)
+
+(TeaForN's pass costs about one teacher-forcing pass: N passes = N x the encoder work per step.) Summaries go to
+<out>/results.jsonl (finetune/grid.py); at the end one markdown table, mean ± sd over the seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import app, flags
+
+from finetune.grid import mean_sd
+
+flags.DEFINE_string("init", "workdir/tiny_cpu", "Checkpoint to start from (anything from_pretrained reads).")
+flags.DEFINE_string("out", "workdir/seq2seq_results", "Where the runs and results.jsonl go.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+flags.DEFINE_list("setups", ["n1", "n2", "n3", "n1_x2", "n1_x3"], "Which setups (see the docstring).")
+flags.DEFINE_integer("steps", 400, "Optimiser steps of the equal-steps runs (one pass over the data is 402).")
+FLAGS = flags.FLAGS
+
+SETUPS = {"n1": (1, 1), "n2": (2, 1), "n3": (3, 1), "n1_x2": (1, 2), "n1_x3": (1, 3)}  # (passes, step multiple)
+KEYS = ("test_char_accuracy", "test_exact_match", "beam4_test_char_accuracy", "beam4_test_exact_match")
+
+
+def _config(**overrides):
+  from finetune.configs import pinyin
+  cfg = pinyin.get_config()
+  cfg.update_from_flattened_dict(overrides)
+  return cfg
+
+
+def table(results: dict[str, dict]) -> str:
+  rows = ["| setup | N | steps | greedy char acc | greedy exact | beam 4 char acc | beam 4 exact |",
+          "|---|---|---|---|---|---|---|"]
+  for setup in FLAGS.setups:
+    got = [results[f"{setup}_s{s}"] for s in FLAGS.seeds if f"{setup}_s{s}" in results]
+    n, mult = SETUPS[setup]
+    rows.append(f"| {setup} | {n} | {FLAGS.steps * mult} | " + " | ".join(mean_sd([r[k] for r in got]) for k in KEYS)
+                + " |")
+  if got := [r for r in results.values() if "baseline_char_accuracy" in r]:
+    rows.append(f"| baseline (most frequent character per syllable) | – | – | {got[0]['baseline_char_accuracy']:.3f} | "
+                f"{got[0]['baseline_exact_match']:.3f} | – | – |")
+  return "\n".join(rows)
+
+
+def main(argv):
+  del argv
+  from finetune import run as finetune_run  # after flag parsing: it defines the fine-tuning CLI's flags
+  from finetune.grid import quiet, run_grid
+  quiet()
+  grid = []
+  for seed in FLAGS.seeds:
+    for setup in FLAGS.setups:
+      n, mult = SETUPS[setup]
+      steps = FLAGS.steps * mult
+      grid.append((f"{setup}_s{seed}", finetune_run.run,
+                   {"init": FLAGS.init, "seed": int(seed), "teaforn.n": n, "steps": steps, "eval_every": steps // 4,
+                    "checkpoint_every": steps, "log_every": 100, "decode.beam_size": 4}))
+  results = run_grid(grid, Path(FLAGS.out), _config, KEYS[:2])
+  print(table(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
