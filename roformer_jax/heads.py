@@ -273,10 +273,15 @@ class EncoderPointer(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids: Array, token_type_ids: Optional[Array] = None,
-               attention_mask: Optional[Array] = None, deterministic: bool = True) -> Array:
+               attention_mask: Optional[Array] = None, deterministic: bool = True,
+               span_mask: Optional[Array] = None) -> Array:
+    """`span_mask` [B, L]: the tokens a span may start or end at (default: the attention mask). CMRC2018
+    attends over the question but keeps its spans out of it, as the reference's `CustomMasking`."""
     h = RoFormerModel(self.cfg, name="roformer")(input_ids, token_type_ids, attention_mask,
                                                  deterministic=deterministic)
     mask = (input_ids != self.cfg.pad_token_id) if attention_mask is None else attention_mask
+    if span_mask is not None:
+      mask = span_mask
     return _pointer(self.efficient)(self.heads, self.head_size, rope=self.rope, tril_mask=self.tril_mask,
                                     use_bias=self.use_bias, dtype=jnp.dtype(self.cfg.dtype),
                                     kernel_init=encoder_kernel_init(self.cfg), name="pointer")(h, mask)

@@ -96,8 +96,13 @@ class ClueTask(ClassifyTask):
 
 
 def make_task(cfg):
-  """The task of `config.clue.task`: C3 and CHID score choices (finetune.clue.choice), the rest classify."""
-  from finetune.clue import choice
+  """The task of `config.clue.task`: C3 and CHID score choices (finetune.clue.choice), CMRC2018 points at a span
+  (finetune.clue.mrc), CLUENER at entities (finetune.clue.ner), the rest classify."""
+  from finetune.clue import choice, mrc, ner
   if cfg.clue.task in choice.RECIPES:
     return choice.ChoiceTask(cfg)
+  if cfg.clue.task in mrc.RECIPES:
+    return mrc.MrcTask(cfg)
+  if cfg.clue.task in ner.RECIPES:
+    return ner.ClueNerTask(cfg)
   return ClueTask(cfg)
