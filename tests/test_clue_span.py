@@ -31,7 +31,8 @@ def _cmrc_file(path, qas):
 
 
 CLUENER = {
-    "train": [{"text": "张三在北京大学读书", "label": {"name": {"张三": [[0, 1]]}, "organization": {"北京大学": [[3, 6]]}}},
+    "train": [{"text": "张三在北京大学读书",
+               "label": {"name": {"张三": [[0, 1]]}, "organization": {"北京大学": [[3, 6]]}}},
               {"text": "李四去上海", "label": {"name": {"李四": [[0, 1]]}, "address": {"上海": [[3, 4]]}}}],
     "dev": [{"text": "王五在上海", "label": {"name": {"王五": [[0, 1]]}, "address": {"上海": [[3, 4]]}}}],
     "test": [{"id": 7, "text": "赵六在北京"}, {"id": 8, "text": "上海大学"}],
@@ -161,3 +162,26 @@ def test_suite_runs_cmrc2018_and_cluener(setup, tmp_path):
     for kind, found in x["label"].items():
       assert kind in CLUENER_TYPES
       assert all(test["text"][s:e + 1] == entity for entity, spans in found.items() for s, e in spans)
+
+
+def test_bad_inputs_name_the_config_key(tmp_path):
+  from finetune.clue.task import make_task
+  from finetune.configs import clue
+  from roformer_jax.config import ConfigError
+  c = clue.get_config()
+  c.clue.task, c.clue.dir = "cmrc2018", str(tmp_path)
+  with pytest.raises(ConfigError, match=r"config.clue.task=cmrc2018 needs .* finetune/configs/clue.py:cmrc2018"):
+    make_task(c)
+  c = clue.get_config("cmrc2018")
+  c.clue.dir, c.clue.stride = str(tmp_path), 0
+  with pytest.raises(ConfigError, match="config.clue.stride must be > 0"):
+    make_task(c)
+  with pytest.raises(ConfigError, match=f"config.clue.dir={tmp_path}: no cmrc2018 files"):
+    mrc.find_folder(str(tmp_path))
+  c = clue.get_config("cluener")
+  c.clue.dir = str(tmp_path)
+  with pytest.raises(ConfigError, match=f"config.clue.dir={tmp_path}: no cluener files"):
+    make_task(c)
+  write_files(tmp_path)
+  assert mrc.find_folder(str(tmp_path)) == tmp_path / mrc.FOLDER
+  assert type(make_task(c)).__name__ == "ClueNerTask" and c.data.dir == str(tmp_path / N.FOLDER)

@@ -155,7 +155,8 @@ def write_results(workdir: Path, rows: dict[str, dict]) -> None:
   """results.json, results.md and clue_submission.zip (every prediction file under its own name)."""
   _atomic_write(workdir / "results.json", json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8"))
   pct = lambda x: "-" if x is None else f"{100 * x:.2f}"
-  lines = ["| task | dev metric | dev | best step / steps | test predictions | also (dev) |", "|---|---|---|---|---|---|"]
+  lines = ["| task | dev metric | dev | best step / steps | test predictions | also (dev) |",
+           "|---|---|---|---|---|---|"]
   for task, r in rows.items():
     files = ", ".join(Path(p).name for p in r["predictions"].values()) or "-"
     also = ", ".join(f"{k} {pct(v)}" for k, v in r.get("also", {}).items()) or "-"

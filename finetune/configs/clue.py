@@ -1,4 +1,4 @@
-"""A CLUE classification task (finetune/clue/task.py) with the reference recipe (finetune.clue.tasks.RECIPES).
+"""A CLUE task (routed by finetune/clue/task.py `make_task`) with the reference recipe.
 
   python -m finetune.run --config finetune/configs/clue.py --workdir workdir/clue/afqmc --config.init=PATH \
       --config.clue.task=afqmc --config.clue.dir=/data/clue      # or --config finetune/configs/clue.py:afqmc
@@ -6,8 +6,10 @@
 `clue.dir` is the task's official folder (afqmc_public/) or a folder holding it. seq_len, batch_size, epochs and
 accum_steps left at 0 take the task's recipe (max_len 128, batch 32, 10 epochs; CLUEWSC 30; C3 and CHID:
 finetune/clue/choice.py; CMRC2018: finetune/clue/mrc.py; CLUENER: finetune/clue/ner.py); any value given wins.
-CMRC2018 and CLUENER have keys of their own: name the task in the config string (clue.py:cmrc2018). The optimiser is the recipe's for every task: bert4keras AdaFactor, lr 5e-4 constant, momentum 0.9,
-never factored. Test predictions: <workdir>/predictions/<CLUE submission name> (afqmc_predict.json, ...).
+CMRC2018 and CLUENER have keys of their own: name the task in the config string (clue.py:cmrc2018). The
+optimiser is the recipe's for every task: bert4keras AdaFactor, lr 5e-4 constant, momentum 0.9, never factored.
+Test predictions: <workdir>/predictions/<CLUE submission name> (afqmc_predict.json, ..., cmrc2018_predict.json,
+cluener_predict.json).
 """
 
 import ml_collections
