@@ -25,6 +25,8 @@ TASKS = {
     "classify": ("finetune.classify", "ClassifyTask"),
     "pet": ("finetune.pet", "PetTask"),
     "ner": ("finetune.ner", "NerTask"),
+    "relation": ("finetune.gplinker", "RelationTask"),
+    "event": ("finetune.gplinker", "EventTask"),
 }
 
 
