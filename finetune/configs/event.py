@@ -34,7 +34,7 @@ def get_config():
   c.model.overrides = dict(hidden_dropout=0.1, attention_dropout=0.1)
   c.seq_len = 128
   c.batch_size = 32
-  c.epochs = 5
+  c.epochs = 10
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.weight_decay = 0.0
