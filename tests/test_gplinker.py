@@ -239,3 +239,45 @@ def test_caps_bound_decoding_of_an_untrained_model(init, tmp_path, kind):
     else:
       assert len({a for e in p for a in e}) <= cap * 2 and all(len(e) <= cap for e in p)
   assert any(p for p in predicted)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resume
+# ------------------------------------------------------------------------------------------------
+def test_relation_rerun_after_sigkill_ends_as_the_straight_run(init, tmp_path):
+  """SIGKILL right after the last checkpoint save (step 4) started: the rerun resumes from step 2 and gives the
+  straight run's losses, final summary and predictions file."""
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  root = Path(__file__).resolve().parents[1]
+  _duie_folder(tmp_path / "duie", 8)
+
+  def run(workdir, kill=False):
+    args = ["--config", str(root / "finetune/configs/relation.py"), "--workdir", str(workdir),
+            "--config.init", str(init[0]), "--config.data.source", "duie", "--config.data.dir", str(tmp_path / "duie"),
+            "--config.seq_len", "48", "--config.head_size", "16", "--config.batch_size", "4", "--config.epochs", "2",
+            "--config.log_every", "1"]
+    cmd = [sys.executable] + ([str(root / "tests/multidevice/kill_at_save.py")] if kill else ["-m", "finetune.run"])
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
+               **(dict(KILL_CLI="finetune.run", KILL_WHAT="checkpoint", KILL_AT="4", KILL_MODE="during") if kill else {}))
+    out = subprocess.run(cmd + args, cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == (-9 if kill else 0), (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
+    return out
+
+  def losses(workdir):
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+  straight = json.loads(run(tmp_path / "a").stdout.strip().splitlines()[-1])
+  run(tmp_path / "b", kill=True)
+  out = run(tmp_path / "b")
+  resumed = json.loads(out.stdout.strip().splitlines()[-1])
+  assert f"resumed from {tmp_path / 'b' / 'checkpoints' / '2'}" in out.stdout
+  for key in ("checkpoint", "best_checkpoint", "predictions", "tokens_per_s", "mfu"):
+    straight.pop(key), resumed.pop(key)
+  assert resumed == straight and straight["step"] == 4
+  assert losses(tmp_path / "b") == losses(tmp_path / "a")
+  assert (tmp_path / "a" / "predictions" / "test.jsonl").read_text() == (
+      tmp_path / "b" / "predictions" / "test.jsonl").read_text()
