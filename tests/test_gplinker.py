@@ -122,7 +122,7 @@ def _cfg(kind, init, tmp_path, **changes):
 def _duie_folder(folder, n):
   from roformer_jax.extraction import synthetic
   folder.mkdir()
-  _jsonl(folder / "all_50_schemas", synthetic._schema("relation"))
+  _jsonl(folder / "all_50_schemas", synthetic.schema("relation"))
   rows, _ = synthetic.relation_rows(_sentences(n))
   for name in ("train_data.json", "dev_data.json", "test_data.json"):
     _jsonl(folder / name, rows)
@@ -160,8 +160,9 @@ def test_duee_folder_through_the_task(init, tmp_path):
   from roformer_jax.extraction import synthetic
   folder = tmp_path / "duee"
   folder.mkdir()
-  _jsonl(folder / "duee_event_schema.json", synthetic._schema("event"))
-  rows = synthetic.event_rows(_sentences(8, events=True), "x") + [{"text": "只有文本，没有事件。", "id": "neg", "event_list": []}]
+  _jsonl(folder / "duee_event_schema.json", synthetic.schema("event"))
+  rows = synthetic.event_rows(_sentences(8, events=True), "x")
+  rows.append({"text": "只有文本，没有事件。", "id": "neg", "event_list": []})
   for name in ("duee_train.json", "duee_dev.json", "duee_test2.json"):
     _jsonl(folder / name, rows)
   cfg = _cfg("event", init, tmp_path)
@@ -260,8 +261,8 @@ def test_relation_rerun_after_sigkill_ends_as_the_straight_run(init, tmp_path):
             "--config.seq_len", "48", "--config.head_size", "16", "--config.batch_size", "4", "--config.epochs", "2",
             "--config.log_every", "1"]
     cmd = [sys.executable] + ([str(root / "tests/multidevice/kill_at_save.py")] if kill else ["-m", "finetune.run"])
-    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
-               **(dict(KILL_CLI="finetune.run", KILL_WHAT="checkpoint", KILL_AT="4", KILL_MODE="during") if kill else {}))
+    crash = dict(KILL_CLI="finetune.run", KILL_WHAT="checkpoint", KILL_AT="4", KILL_MODE="during")
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu", **(crash if kill else {}))
     out = subprocess.run(cmd + args, cwd=root, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == (-9 if kill else 0), (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
     return out

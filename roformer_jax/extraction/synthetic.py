@@ -164,7 +164,8 @@ def event_rows(sentences: Sequence[NerExample], split: str) -> list[dict]:
   return rows
 
 
-def _schema(kind: str) -> list[dict]:
+def schema(kind: str) -> list[dict]:
+  """The schema file's lines: DuIE predicates ("relation") or DuEE event types with their roles ("event")."""
   if kind == "relation":
     return [{"subject_type": "人物", "predicate": "person_place", "object_type": "地点"},
             {"subject_type": "机构", "predicate": "org_place", "object_type": "地点"}]
@@ -184,8 +185,8 @@ def _prepare(kind: str, data_dir: PathLike, source: Optional[PathLike],
   root.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=root))
   try:
-    schema = "all_50_schemas" if kind == "relation" else "duee_event_schema.json"
-    write_jsonl(tmp / schema, _schema(kind))
+    schema_file = "all_50_schemas" if kind == "relation" else "duee_event_schema.json"
+    write_jsonl(tmp / schema_file, schema(kind))
     sizes = {}
     for split, file in FILE_NAMES[kind].items():
       rows = rows_of(split, splits[split])
