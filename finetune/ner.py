@@ -17,31 +17,17 @@ weights with the checkpoint's architecture and vocabulary (the baseline that sho
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from finetune.pointer_task import PointerTask, Split, check_limits, padded_rows, set_rows
 from roformer_jax.config import ConfigError
-from roformer_jax.train.task import Log, Task
+from roformer_jax.train.task import Log
 
 SOURCES = ("people_daily", "cluener", "cmeee")
 HEADS = ("gp", "egp")
-
-
-@dataclasses.dataclass
-class Split:
-  """One split: its texts and gold entities (characters), the encoded arrays and the token <-> char maps."""
-  texts: list[str]
-  gold: list[tuple[tuple[int, int, str], ...]]
-  labelled: bool
-  arrays: dict[str, np.ndarray]
-  cmaps: list[Any]
-  dropped: int  # gold entities not on token boundaries (or truncated): not training labels
-
-  def __len__(self) -> int:
-    return len(self.texts)
 
 
 def read_source(cfg, log: Log = print) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -77,14 +63,9 @@ def encode_split(tokenizer, examples: Sequence[Any], labelled: bool, types: Sequ
   for e, cmap in zip(examples, cmaps):
     sets, lost = spans.entity_label_sets(e.entities, cmap, index)
     dropped += lost
-    rows.append(sorted((h, i, j) for h, s in enumerate(sets) for i, j in s))
-  most = max((len(r) for r in rows), default=0)
-  width = max(most, 1) if max_entities is None else max_entities
-  span_array = np.full((len(rows), width, 3), -1, np.int32)
-  for n, r in enumerate(rows):
-    span_array[n, :len(r)] = np.asarray(r, np.int32).reshape(-1, 3)[:width]
+    rows.append(set_rows(sets))
   arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "token_type_ids", "attention_mask")}
-  arrays["spans"] = span_array
+  arrays["spans"] = padded_rows(rows, max_entities)
   return Split(texts, [tuple(e.entities) for e in examples], labelled, arrays, cmaps, dropped)
 
 
@@ -99,7 +80,7 @@ def dense_labels(spans, heads: int, length: int):
   return jnp.minimum(counts, 1.0)
 
 
-class NerTask(Task):
+class NerTask(PointerTask):
   """Entities of People's Daily, CLUENER2020 or CMeEE -> a fine-tuned GlobalPointer, best dev F1 kept."""
 
   name = "ner"
@@ -113,38 +94,21 @@ class NerTask(Task):
       raise ConfigError(f"config.data.source: unknown source {cfg.data.source!r}; expected one of {SOURCES}")
     if cfg.head_size <= 0 or cfg.head_size % 2:
       raise ConfigError(f"config.head_size must be a positive even number (RoPE pairs), got {cfg.head_size}")
-    for key in ("max_train", "max_dev", "max_test"):
-      if cfg.data[key] < 0:
-        raise ConfigError(f"config.data.{key} must be >= 0 (0 = all), got {cfg.data[key]}")
+    check_limits(cfg)
 
   def prepare(self, local_dir: Path, log: Log) -> None:
-    from finetune.configs.common import model_overrides
-    from roformer_jax import load_tokenizer
-    from roformer_jax.train.pretrained import Pretrained
-
     cfg = self.cfg
-    self.pretrained = Pretrained(cfg.init, **model_overrides(cfg))
-    self.model_config = self.pretrained.model_config
-    self.vocab_file = self.pretrained.vocab_file(cfg.vocab)
-    tokenizer = load_tokenizer(self.vocab_file)
+    tokenizer = self.load_encoder(log)
     self.types, raw = read_source(cfg, log)
     self.splits: dict[str, Split] = {}
     for key, (examples, labelled) in raw.items():
-      limit = cfg.data[f"max_{key}"]
-      examples = examples[:limit] if limit else examples  # the first N: the same subset every run
-      if key in ("train", "dev") and not labelled:
-        raise ConfigError(f"config.data: the {cfg.data.source} {key} split has no labels")
+      examples = self.take(key, examples, labelled)
       if examples:
         self.splits[key] = encode_split(tokenizer, examples, labelled, self.types, self.seq_len)
-    for key in ("train", "dev"):
-      if key not in self.splits:
-        raise ConfigError(f"config.data: the {cfg.data.source} data has no {key} examples")
-    self.train_size = len(self.splits["train"])
+    self.require_splits()
     from roformer_jax.heads import EncoderPointer
     self.model = EncoderPointer(self.model_config, len(self.types), cfg.head_size, efficient=cfg.head == "egp",
                                 rope=cfg.rope, tril_mask=cfg.tril_mask, use_bias=cfg.head_bias)
-    self.log = log
-    self._scores_fn = None
 
   def describe(self) -> str:
     sizes = ", ".join(f"{k} {len(s)} ({s.dropped} entities off token boundaries)" for k, s in self.splits.items())
@@ -152,26 +116,13 @@ class NerTask(Task):
     return (f"{self.cfg.data.source}, types {list(self.types)}; {sizes}; seq_len {self.seq_len}; head {self.cfg.head} "
             f"(rope {self.cfg.rope}); init {init}")
 
-  def init_params(self, rng) -> Any:
-    ids = np.ones((1, self.seq_len), np.int32)
-    return self.model.init(rng, ids, None, ids)["params"]
-
-  def initial_params(self, params: Any) -> Any:
-    if self.cfg.from_scratch:
-      self.log(f"from scratch: every param freshly initialised ({self.pretrained.folder}'s architecture)")
-      return params
-    params, new = self.pretrained.load_into(params)
-    self.log(f"encoder from {self.pretrained.folder}; new params (initialised): {', '.join(new)}")
-    return params
-
   # -- the model's loss, on the device -------------------------------------------------------------
   def _row_losses(self, params, batch, **kw):
     """(scores [B, H, L, L], loss per example [B]: the mean over types of the per-(example, type) loss)."""
     import jax.numpy as jnp
 
     from roformer_jax import losses
-    scores = self.model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
-                              batch["attention_mask"], **kw)
+    scores = self.apply(params, batch, **kw)
     b, h, length = scores.shape[:3]
     labels = dense_labels(batch["spans"], h, length)
     rows = losses.multilabel_categorical_crossentropy(labels.reshape(b, h, -1), scores.reshape(b, h, -1))
@@ -188,31 +139,10 @@ class NerTask(Task):
       return jnp.sum(loss * weights), {"weight": jnp.sum(weights)}
     return loss_fn
 
-  def train_iterator(self, local_batch: int):
-    import jax
-    from roformer_jax.data import pipeline
-    return iter(pipeline.examples_train_dataset(self.splits["train"].arrays, batch_size=local_batch,
-                                                seed=self.cfg.seed, process_index=jax.process_index(),
-                                                process_count=jax.process_count()))
-
-  def _batches(self, split: str, local_batch: int):
-    import jax
-    from roformer_jax.data import pipeline
-    return iter(pipeline.examples_eval_dataset(self.splits[split].arrays, batch_size=local_batch,
-                                               process_index=jax.process_index(),
-                                               process_count=jax.process_count()))
-
-  def eval_batches(self, local_batch: int):
-    return self._batches("dev", local_batch)
-
   # -- evaluation: scores to the host, decoded there ----------------------------------------------
-  def _predict_fn(self):
-    if self._scores_fn is None:  # one function object: the runner compiles it once
-      def predict(params, batch):
-        scores, loss = self._row_losses(params, batch)
-        return {"scores": scores, "loss": loss}
-      self._scores_fn = predict
-    return self._scores_fn
+  def _outputs(self, params, batch):
+    scores, loss = self._row_losses(params, batch)
+    return {"scores": scores, "loss": loss}
 
   def predict(self, params: Any, runner, split: str) -> tuple[list[list[tuple[int, int, str]]], float]:
     """(entities per text in characters, mean loss) of `split`, decoded on the host batch by batch."""
@@ -220,15 +150,9 @@ class NerTask(Task):
     data = self.splits[split]
     predicted: list[list[tuple[int, int, str]]] = []
     loss_sum = 0.0
-    for batch in self._batches(split, runner.local_batch):
-      out = runner.predict(self._predict_fn(), params, batch)  # the global batch: rows in order, padding last
-      scores, losses = np.asarray(out["scores"]), np.asarray(out["loss"], np.float64)
-      for row in range(scores.shape[0]):
-        n = len(predicted)
-        if n >= len(data):
-          break
-        predicted.append(decode.decode_entities(scores[row], data.cmaps[n], self.types))
-        loss_sum += float(losses[row])
+    for n, out in self.rows_to_host(params, runner, split, self._outputs):
+      predicted.append(decode.decode_entities(out["scores"], data.cmaps[n], self.types))
+      loss_sum += float(out["loss"])
     return predicted, loss_sum / max(len(data), 1)
 
   def evaluate(self, params: Any, runner) -> dict[str, float]:
@@ -252,13 +176,8 @@ class NerTask(Task):
     return 3.0 * (flops.encoder_flops(mc, b, length) + head)
 
   def write_assets(self, workdir: Any) -> None:
-    import json
     super().write_assets(workdir)
-    (workdir / ".entity_types.json.tmp").write_text(json.dumps(list(self.types)))
-    (workdir / ".entity_types.json.tmp").replace(workdir / "entity_types.json")
-
-  def export_params(self, params: Any) -> Any:
-    return params["roformer"]
+    self.write_json_asset(workdir, "entity_types.json", list(self.types))
 
   def finish(self, params: Any, runner, out_dir: Path) -> dict[str, Any]:
     """Dev (and, where labelled, test) P/R/F1 of the final params; test predictions as JSON lines."""

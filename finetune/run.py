@@ -27,6 +27,8 @@ TASKS = {
     "ner": ("finetune.ner", "NerTask"),
     "clue": ("finetune.clue.task", "make_task"),
     "seq2seq": ("finetune.seq2seq", "Seq2SeqTask"),
+    "relation": ("finetune.gplinker", "RelationTask"),
+    "event": ("finetune.gplinker", "EventTask"),
 }
 
 

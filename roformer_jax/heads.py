@@ -285,3 +285,29 @@ class EncoderPointer(nn.Module):
     return _pointer(self.efficient)(self.heads, self.head_size, rope=self.rope, tril_mask=self.tril_mask,
                                     use_bias=self.use_bias, dtype=jnp.dtype(self.cfg.dtype),
                                     kernel_init=encoder_kernel_init(self.cfg), name="pointer")(h, mask)
+
+
+class EncoderGPLinker(nn.Module):
+  """The encoder plus GPLinker's three heads: input ids [B, L] -> three float32 score arrays [B, heads, L, L].
+
+  `kind` "relation": `GPLinkerRelation(labels)` (entity, head, tail; labels = predicates); "event":
+  `GPLinkerEvent(labels)` (argument, head link, tail link; labels = (event type, role) pairs). Params:
+  {"roformer": encoder, "gplinker": the three heads}."""
+  cfg: ModelConfig
+  kind: str
+  labels: int
+  head_size: int = 64
+  efficient: bool = True
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids: Array, token_type_ids: Optional[Array] = None,
+               attention_mask: Optional[Array] = None, deterministic: bool = True) -> tuple[Array, Array, Array]:
+    if self.kind not in ("relation", "event"):
+      raise ValueError(f"EncoderGPLinker.kind: {self.kind!r}; expected 'relation' or 'event'")
+    h = RoFormerModel(self.cfg, name="roformer")(input_ids, token_type_ids, attention_mask,
+                                                 deterministic=deterministic)
+    mask = (input_ids != self.cfg.pad_token_id) if attention_mask is None else attention_mask
+    cls = GPLinkerRelation if self.kind == "relation" else GPLinkerEvent
+    return cls(self.labels, self.head_size, efficient=self.efficient, use_bias=self.use_bias,
+               dtype=jnp.dtype(self.cfg.dtype), kernel_init=encoder_kernel_init(self.cfg), name="gplinker")(h, mask)

@@ -97,10 +97,8 @@ def global_pointer_crossentropy(y_true: Array, y_pred: Array) -> Array:
   return jnp.mean(multilabel_categorical_crossentropy(y_true.reshape(rows, -1), y_pred.reshape(rows, -1)))
 
 
-def sparse_global_pointer_crossentropy(y_true: Array, y_pred: Array) -> Array:
-  """GPLinker's loss (bojone/GPLinker `globalpointer_crossentropy`): label pairs y_true [B, H, P, 2]
-  (token i, token j) with (0, 0) as padding / "no label", scores y_pred [B, H, L, L]; the loss over
-  the L*L cells per (example, head), summed over heads, mean over the batch."""
+def sparse_global_pointer_rows(y_true: Array, y_pred: Array) -> Array:
+  """The per-example form of `sparse_global_pointer_crossentropy`: [B], the loss summed over heads."""
   b, h, length = y_pred.shape[0], y_pred.shape[1], y_pred.shape[2]
   if y_true.ndim != 4 or y_true.shape[:2] != (b, h) or y_true.shape[-1] != 2:
     raise ValueError(f"sparse_global_pointer_crossentropy: labels {y_true.shape} must be [{b}, {h}, P, 2] "
@@ -108,7 +106,14 @@ def sparse_global_pointer_crossentropy(y_true: Array, y_pred: Array) -> Array:
   y_true = jnp.asarray(y_true, jnp.int32)
   flat = y_true[..., 0] * length + y_true[..., 1]
   loss = sparse_multilabel_categorical_crossentropy(flat, y_pred.reshape(b, h, -1), mask_zero=True)
-  return jnp.mean(jnp.sum(loss, axis=1))
+  return jnp.sum(loss, axis=1)
+
+
+def sparse_global_pointer_crossentropy(y_true: Array, y_pred: Array) -> Array:
+  """GPLinker's loss (bojone/GPLinker `globalpointer_crossentropy`): label pairs y_true [B, H, P, 2]
+  (token i, token j) with (0, 0) as padding / "no label", scores y_pred [B, H, L, L]; the loss over
+  the L*L cells per (example, head), summed over heads, mean over the batch."""
+  return jnp.mean(sparse_global_pointer_rows(y_true, y_pred))
 
 
 def global_pointer_f1(y_true: Array, y_pred: Array) -> Array:
@@ -124,4 +129,12 @@ def gplinker_crossentropy(labels: tuple[Array, ...], scores: tuple[Array, ...]) 
   argument, head, tail), summed with equal weights (the reference's Keras multi-output loss)."""
   if len(labels) != len(scores):
     raise ValueError(f"gplinker_crossentropy: {len(labels)} label arrays for {len(scores)} score arrays")
-  return sum(sparse_global_pointer_crossentropy(y, s) for y, s in zip(labels, scores))
+  return jnp.mean(gplinker_rows(labels, scores))
+
+
+def gplinker_rows(labels: tuple[Array, ...], scores: tuple[Array, ...]) -> Array:
+  """`gplinker_crossentropy` per example [B] (its mean over the batch is the reference's loss): a train loop
+  sums it with example weights."""
+  if len(labels) != len(scores):
+    raise ValueError(f"gplinker_crossentropy: {len(labels)} label arrays for {len(scores)} score arrays")
+  return sum(sparse_global_pointer_rows(y, s) for y, s in zip(labels, scores))

