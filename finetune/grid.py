@@ -25,14 +25,15 @@ def quiet() -> None:
 
 
 def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
-             report: Sequence[str] = ("test_accuracy",)) -> dict[str, dict]:
-  """{name: summary} of every run (finished earlier or now); prints `report` keys of each new run."""
+             report: Sequence[str] = ("test_accuracy",), run_missing: bool = True) -> dict[str, dict]:
+  """{name: summary} of every run (finished earlier or now); prints `report` keys of each new run. With
+  `run_missing=False` only the finished runs are read (a table of a grid still under way)."""
   out = Path(out).expanduser().absolute()
   out.mkdir(parents=True, exist_ok=True)
   log = out / "results.jsonl"
   results = {r["run"]: r for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
   for name, fn, overrides in runs:
-    if name in results:
+    if name in results or not run_missing:
       continue
     summary = {"run": name, **overrides, **fn(make_config(**overrides), out / name)}
     with open(log, "a") as f:  # one line per finished run: a crash loses at most the run under way

@@ -26,6 +26,7 @@ flags.DEFINE_string("init", "workdir/tiny_cpu", "Checkpoint to start from (anyth
 flags.DEFINE_string("out", "workdir/ner_results", "Where the runs and results.jsonl go.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (head init, data order, dropout).")
 flags.DEFINE_list("setups", ["gp", "gp_scratch", "egp", "gp_norope"], "Which setups (see the docstring).")
+flags.DEFINE_bool("report", False, "Only print the table of the runs finished so far.")
 FLAGS = flags.FLAGS
 
 SETUPS = {"gp": {}, "gp_scratch": {"from_scratch": True}, "egp": {"head": "egp"}, "gp_norope": {"rope": False}}
@@ -54,7 +55,7 @@ def main(argv):
   quiet()
   grid = [(f"{setup}_s{seed}", finetune_run.run, dict(init=FLAGS.init, seed=int(seed), log_every=50, **SETUPS[setup]))
           for seed in FLAGS.seeds for setup in FLAGS.setups]
-  results = run_grid(grid, Path(FLAGS.out), _config, ("dev_f1", "test_f1"))
+  results = run_grid(grid, Path(FLAGS.out), _config, ("dev_f1", "test_f1"), run_missing=not FLAGS.report)
   print(table(results))
 
 

@@ -29,6 +29,7 @@ flags.DEFINE_list("patterns", ["P1", "P2", "P3", "P4", "P5"], "Zero-shot pattern
 flags.DEFINE_integer("steps", 150, "Optimiser steps of every trained run.")
 flags.DEFINE_integer("semi_k", 200, "Labelled examples of the semi-supervised runs.")
 flags.DEFINE_string("plot", "docs/img/pet_vs_cls.png", "Accuracy-vs-K plot ('' = none).")
+flags.DEFINE_bool("report", False, "Only print the table of the runs finished so far.")
 FLAGS = flags.FLAGS
 
 
@@ -112,7 +113,8 @@ def main(argv):
   quiet()
   drivers = {"run": finetune_run.run, "compare": pet_compare.run}
   grid = [(name, drivers[driver], overrides) for name, driver, overrides in runs()]
-  results = run_grid(grid, Path(FLAGS.out), _config, ("dev_accuracy", "test_accuracy", "baseline_test_accuracy"))
+  results = run_grid(grid, Path(FLAGS.out), _config, ("dev_accuracy", "test_accuracy", "baseline_test_accuracy"),
+                     run_missing=not FLAGS.report)
   print(table(results))
   if FLAGS.plot:
     plot(results, Path(FLAGS.plot))

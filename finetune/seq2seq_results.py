@@ -25,6 +25,7 @@ flags.DEFINE_string("out", "workdir/seq2seq_results", "Where the runs and result
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
 flags.DEFINE_list("setups", ["n1", "n2", "n3", "n1_x2", "n1_x3"], "Which setups (see the docstring).")
 flags.DEFINE_integer("steps", 400, "Optimiser steps of the equal-steps runs (one pass over the data is 402).")
+flags.DEFINE_bool("report", False, "Only print the table of the runs finished so far.")
 FLAGS = flags.FLAGS
 
 SETUPS = {"n1": (1, 1), "n2": (2, 1), "n3": (3, 1), "n1_x2": (1, 2), "n1_x3": (1, 3)}  # (passes, step multiple)
@@ -65,7 +66,7 @@ def main(argv):
       grid.append((f"{setup}_s{seed}", finetune_run.run,
                    {"init": FLAGS.init, "seed": int(seed), "teaforn.n": n, "steps": steps, "eval_every": steps // 4,
                     "checkpoint_every": steps, "log_every": 100, "decode.beam_size": 4}))
-  results = run_grid(grid, Path(FLAGS.out), _config, KEYS[:2])
+  results = run_grid(grid, Path(FLAGS.out), _config, KEYS[:2], run_missing=not FLAGS.report)
   print(table(results))
 
 
