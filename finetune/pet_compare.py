@@ -42,7 +42,8 @@ def write_labels(cfg, folder: Path) -> dict[str, str]:
   if jax.process_index() == 0:
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in sets.items():
-      write_jsonl(paths[name], ({"text": t, "label": data.label_names[int(y)]} for t, y in zip(data.texts, data.labels)))
+      rows = ({"text": t, "label": data.label_names[int(y)]} for t, y in zip(data.texts, data.labels))
+      write_jsonl(paths[name], rows)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("pet_compare labels written")

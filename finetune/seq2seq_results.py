@@ -48,7 +48,8 @@ def table(results: dict[str, dict]) -> str:
     rows.append(f"| {setup} | {n} | {FLAGS.steps * mult} | " + " | ".join(mean_sd([r[k] for r in got]) for k in KEYS)
                 + " |")
   if got := [r for r in results.values() if "baseline_char_accuracy" in r]:
-    rows.append(f"| baseline (most frequent character per syllable) | – | – | {got[0]['baseline_char_accuracy']:.3f} | "
+    rows.append("| baseline (most frequent character per syllable) | – | – | "
+                f"{got[0]['baseline_char_accuracy']:.3f} | "
                 f"{got[0]['baseline_exact_match']:.3f} | – | – |")
   return "\n".join(rows)
 

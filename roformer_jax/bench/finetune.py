@@ -206,8 +206,8 @@ def main(argv=None) -> None:
          "step_ms": {n: round(1e3 * s, 1) for n, s in step.items()}}
   for peer in [n for n in runs if n != "ours"]:
     out[f"ours_over_{peer}"] = round(step[peer] / step["ours"], 2)
-    out[f"ours_over_{peer}_by_round"] = [round(statistics.median(times[peer][r]) / statistics.median(times["ours"][r]), 2)
-                                         for r in range(a.rounds)]
+    by_round = [statistics.median(times[peer][r]) / statistics.median(times["ours"][r]) for r in range(a.rounds)]
+    out[f"ours_over_{peer}_by_round"] = [round(x, 2) for x in by_round]
   out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
   if a.task == "ner":
     out["types"] = a.types
