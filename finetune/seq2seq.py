@@ -18,7 +18,8 @@ character is always the same distance after its syllable: under RoPE that is one
 character accuracy filled, 3.1% with the source's natural length (the offset then changes with each sentence).
 
 Loss: `teaforn.teaforn_loss_at` (= `teaforn_loss`, the LM head on the target positions only) with `config.teaforn.n` passes (1 = teacher forcing) and weights
-`config.teaforn.weights` (() = 1 for every pass). Evaluation on dev each epoch: cached greedy decoding,
+`config.teaforn.weights` (() = 1 for every pass); with `config.teaforn.reuse_source` (default) passes 2..N
+compute the target rows only and read the source's from pass 1 (exact; off by itself under dropout). Evaluation on dev each epoch: cached greedy decoding,
 character accuracy and exact match counted on the device. `finish`: greedy (and with `config.decode.beam_size`
 > 1 beam) decoding of dev and test, the metrics on the decoded strings, the baseline on the same splits, and
 the test predictions in <workdir>/predictions/test.jsonl (written atomically).
@@ -111,6 +112,7 @@ class Seq2SeqTask(Task):
     if cfg.teaforn.n < 1:
       raise ConfigError(f"config.teaforn.n = {cfg.teaforn.n}: TeaForN needs at least 1 pass (1 = teacher forcing)")
     self.weights = tuple(float(w) for w in cfg.teaforn.weights) or (1.0,) * cfg.teaforn.n
+    self.reuse_source = bool(cfg.teaforn.reuse_source)
     if len(self.weights) != cfg.teaforn.n:
       raise ConfigError(f"config.teaforn.weights has {len(self.weights)} values for config.teaforn.n = "
                         f"{cfg.teaforn.n}; give one per pass, or () for 1 each")
@@ -173,14 +175,17 @@ class Seq2SeqTask(Task):
     import jax.numpy as jnp
 
     from roformer_jax.seq2seq import teaforn
-    model, n, weights = self.model, self.cfg.teaforn.n, self.weights
+    model, n, weights, reuse = self.model, self.cfg.teaforn.n, self.weights, self.cfg.teaforn.reuse_source
 
     def loss_fn(params, batch, rng, step):
       del step
       ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+      rows = None
+      if reuse:  # every target position: each loss position's successor (see PinyinArrays.sequences)
+        rows = jnp.where(batch["loss_mask"] > 0, batch["loss_positions"] + 1, ids.shape[1])
       total, per_pass = teaforn.teaforn_loss_at(model, params, ids, types, mask, batch["loss_positions"],
                                                 batch["loss_mask"], num_passes=n, weights=weights,
-                                                deterministic=False, dropout_rng=rng)
+                                                deterministic=False, dropout_rng=rng, target_rows=rows)
       # A mean over the target tokens; the loop wants sums with their weight.
       count = jnp.sum(batch["loss_mask"]).astype(jnp.float32)
       stats = {"weight": count, **{f"ce_pass{k + 1}": per_pass[k] * count for k in range(n)}}
@@ -246,10 +251,8 @@ class Seq2SeqTask(Task):
             "eval_exact_match": float(sums["exact"]) / max(float(sums["weight"]), 1.0)}
 
   def step_flops(self, metrics: dict[str, float]) -> float:
-    from roformer_jax.train import flops
-    cfg, b, n = self.model_config, self.cfg.batch_size, self.cfg.teaforn.n
-    head = 2 * b * (self.max_chars + 1) * cfg.hidden_size * cfg.vocab_size  # logits at the target positions
-    return 3.0 * n * (flops.encoder_flops(cfg, b, self.seq_len) + head)
+    reuse = self.reuse_source and teaforn_reuses(self.model_config)
+    return teaforn_step_flops(self.model_config, self.cfg.batch_size, self.max_chars, self.cfg.teaforn.n, reuse)
 
   def export_params(self, params: Any) -> Any:
     return params["roformer"]
@@ -308,3 +311,19 @@ class Seq2SeqTask(Task):
       os.replace(tmp, path)
       out["predictions"] = str(path)
     return out
+
+
+def teaforn_reuses(cfg: Any) -> bool:
+  """Whether training (dropout on) reuses the source across passes: only without dropout (teaforn.reuses_source)."""
+  return cfg.hidden_dropout == 0 and cfg.attention_dropout == 0
+
+
+def teaforn_step_flops(cfg: Any, batch: int, max_chars: int, n: int, reuse: bool) -> float:
+  """Matmul FLOPs of one pinyin training step (forward + backward = 3x forward): pass 1 over the whole
+  2 x max_chars + 3 sequence, passes 2..N over the max_chars + 1 target rows when they reuse the source,
+  and the LM head at the target rows in every pass. The equal-compute budgets of seq2seq_results."""
+  from roformer_jax.train import flops
+  seq_len, rows = 2 * max_chars + 3, max_chars + 1
+  head = 2 * batch * rows * cfg.hidden_size * cfg.vocab_size
+  later = flops.encoder_flops(cfg, batch, seq_len, query_rows=rows if reuse else None)
+  return 3.0 * (flops.encoder_flops(cfg, batch, seq_len) + (n - 1) * later + n * head)

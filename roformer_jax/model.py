@@ -421,6 +421,57 @@ class RoFormerModel(nn.Module):
                                                     residual_scale, output_positions, rngs=rngs_last)
 
 
+  def layer_states(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
+                   *, deterministic: bool = True, residual_scale: Array | float = 1.0, unilm: bool = False,
+                   causal_ids: Array | None = None, inputs_embeds: Array | None = None,
+                   rows: Array | None = None, context: Array | None = None) -> Array:
+    """[num_layers + 1, B, L, hidden]: the input of every layer, then the final output.
+
+    With `rows` [B, P] and `context` (an earlier call's result), only the hidden states at `rows` are
+    computed, from `inputs_embeds` there; every other position is read from `context`, layer by layer
+    (keys and values everywhere, queries and the FFN at `rows`). That is exact when no other position
+    attends to `rows` and their inputs equal the context's (under the UniLM mask: the source never
+    sees the target), which is how TeaForN reuses the source across passes. A row index >= L pads."""
+    if causal_ids is None and unilm:
+      causal_ids = jnp.cumsum(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                              axis=-1, dtype=jnp.int32)
+    cfg = self.cfg
+    batch, length = input_ids.shape
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    with matmul_precision(cfg):
+      mask = attention_lib.AttentionMask(_default_mask(input_ids, attention_mask, cfg.pad_token_id),
+                                         causal_ids=causal_ids)
+      rope = rope_lib.rope_angles(rope_lib.default_positions(batch, length), cfg.head_size, cfg.rope_base)
+      if inputs_embeds is None:
+        x = self.embeddings(input_ids, token_type_ids, deterministic)
+      else:
+        x = _constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), ("batch", "length", "embed"))
+      rngs = {}
+      if not deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
+        rngs = {"dropout": self.make_rng("dropout")}
+      b = jnp.arange(batch)[:, None]
+      if rows is not None:
+        gather_at = jnp.minimum(rows, length - 1)
+        x = gather_positions(x, gather_at)
+      states = [x if rows is None else context[0].at[b, rows].set(x, mode="drop")]
+      for i in range(cfg.num_layers):
+        full = states[-1]
+        out = self._layer(i, full, mask, rope, deterministic, residual_scale,
+                          None if rows is None else gather_at, rngs)
+        states.append(out if rows is None else context[i + 1].at[b, rows].set(out, mode="drop"))
+    return jnp.stack(states)
+
+  def _layer(self, i, x, mask, rope, deterministic, residual_scale, output_positions, rngs):
+    """Layer i alone (the scanned layout's params sliced at apply time, as `_scanned_then_last`)."""
+    if not self.cfg.scan_layers:
+      return self.layers[i](x, mask, rope, deterministic, residual_scale, output_positions)
+    params = jax.tree_util.tree_map(lambda p: p[i], self.layers.variables["params"])
+    rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
+    return _layer_class(self.cfg)(self.cfg, parent=None).apply({"params": params}, x, mask, rope, deterministic,
+                                                             residual_scale, output_positions, rngs=rngs)
+
+
 class DecodeState(nn.Module):
   """The decoding cache's mask state over its T slots (collection "cache"): which slots hold real tokens
   and their causal ids. Returns the AttentionMask for the new tokens' queries over all slots."""
@@ -496,6 +547,15 @@ class RoFormerForMaskedLM(nn.Module):
     with matmul_precision(self.cfg):
       logits = self.mlm(h, self.roformer.embeddings)
     return h, _constrain(logits, ("batch", "length", "vocab"))
+
+  def layer_states(self, input_ids: Array, *args, **kwargs) -> Array:
+    """The encoder's `RoFormerModel.layer_states` (every layer's input, then the final hidden states)."""
+    return self.roformer.layer_states(input_ids, *args, **kwargs)
+
+  def head(self, hidden: Array) -> Array:
+    """The LM head on hidden states [..., hidden] -> float32 logits [..., vocab]."""
+    with matmul_precision(self.cfg):
+      return self.mlm(hidden, self.roformer.embeddings)
 
   def embed(self, input_ids: Array, token_type_ids: Array | None = None, deterministic: bool = True) -> Array:
     """The embedding layer's output [B, L, hidden]: what `inputs_embeds` replaces."""

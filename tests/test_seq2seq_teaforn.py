@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import roformer_jax as rj
-from roformer_jax.model import RoFormerForMaskedLM, init_params
-from roformer_jax.seq2seq.teaforn import seq2seq_cross_entropy, teaforn_loss, teaforn_passes
+from roformer_jax.model import RoFormerForMaskedLM, init_params, stack_layers
+from roformer_jax.seq2seq.teaforn import seq2seq_cross_entropy, teaforn_loss, teaforn_loss_at, teaforn_passes
 
 L = 12
 SRC, TOTAL = (4, 6, 3), (12, 10, 9)  # ragged source lengths and padding
@@ -106,3 +106,50 @@ def test_training_mode_with_dropout_and_weight_count_check():
   assert np.isfinite(per_pass).all()
   with pytest.raises(ValueError, match="2 weights for num_passes=3"):
     teaforn_loss(model, params, ids, types, mask, num_passes=3, weights=(1.0, 1.0))
+
+
+def _target_rows(width=10):
+  """Every target position of each row (SRC[b] .. TOTAL[b] - 1), padded with L."""
+  rows = np.full((3, width), L, np.int32)
+  for b in range(3):
+    rows[b, :TOTAL[b] - SRC[b]] = np.arange(SRC[b], TOTAL[b])
+  return jnp.asarray(rows)
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_source_reuse_equals_recomputing_every_pass(scan):
+  # Passes 2..N reading the source rows from pass 1 (target rows only recomputed) against full passes:
+  # every pass's logits at every real position, the loss and its gradients; ragged sources, padding.
+  model, params, ids, types, mask = _setup()
+  assert not model.cfg.scan_layers
+  if scan:
+    model = RoFormerForMaskedLM(model.cfg.replace(scan_layers=True))
+    params = stack_layers(params, model.cfg.num_layers)
+  rows = _target_rows()
+  full = teaforn_passes(model, params, ids, types, mask, num_passes=3)
+  reuse = teaforn_passes(model, params, ids, types, mask, num_passes=3, target_rows=rows)
+  real = np.asarray(mask)
+  for (_, a), (_, b) in zip(full, reuse):
+    np.testing.assert_allclose(np.asarray(b)[real], np.asarray(a)[real], atol=2e-5)
+  assert np.abs(np.asarray(full[2][1])[real] - np.asarray(full[0][1])[real]).max() > 1e-3  # passes differ
+
+  positions = jnp.maximum(rows - 1, 0)
+  pmask = rows < L
+  pos_rows = jnp.where(pmask, positions + 1, L)
+  loss = lambda p, r: teaforn_loss_at(model, p, ids, types, mask, positions, pmask, num_passes=3,
+                                      weights=(1.0, 0.5, 0.25), target_rows=r)[0]
+  (l_full, g_full), (l_reuse, g_reuse) = (jax.value_and_grad(loss)(params, r) for r in (None, pos_rows))
+  np.testing.assert_allclose(l_reuse, l_full, rtol=1e-6)
+  flat = lambda g: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(g)])
+  np.testing.assert_allclose(flat(g_reuse), flat(g_full), atol=1e-6, rtol=1e-4)
+
+
+def test_source_reuse_is_off_under_dropout():
+  # Each pass draws its own dropout, the source included: reusing pass 1's would change the method.
+  model, params, ids, types, mask = _setup(dropout=0.1)
+  rng = jax.random.PRNGKey(3)
+  kw = dict(num_passes=2, deterministic=False, dropout_rng=rng)
+  a = teaforn_passes(model, params, ids, types, mask, **kw)
+  b = teaforn_passes(model, params, ids, types, mask, target_rows=_target_rows(), **kw)
+  for (_, x), (_, y) in zip(a, b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -19,6 +19,7 @@ def get_config():
   c.teaforn = ml_collections.ConfigDict(dict(
       n=2,                          # passes; 1 = plain teacher forcing
       weights=(),                   # lambda_k, one per pass; () = 1 for every pass
+      reuse_source=True,            # passes 2..N recompute the target rows only (exact; see teaforn.py)
   ))
   c.decode = ml_collections.ConfigDict(dict(
       beam_size=0,                  # > 1: finish() also decodes dev and test with beam search of this size

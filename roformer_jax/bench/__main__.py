@@ -1,6 +1,6 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, finetune, decode, attention, aot, tokenizer, exactness. The process first re-executes itself
+Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, exactness. The process first re-executes itself
 with glibc malloc tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
@@ -17,6 +17,7 @@ COMMANDS = {
     "train": "roformer_jax.bench.train",
     "finetune": "roformer_jax.bench.finetune",
     "decode": "roformer_jax.bench.decode",
+    "teaforn": "roformer_jax.bench.teaforn",
     "attention": "roformer_jax.bench.attention",
     "aot": "roformer_jax.bench.aot",
     "tokenizer": "roformer_jax.bench.tokenizer_speed",

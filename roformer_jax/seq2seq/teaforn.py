@@ -11,9 +11,13 @@ embeddings. Gradients flow through the re-fed states (no stop_gradient): that is
 The loss is sum_k lambda_k * CE_k, CE_k being bert4keras's UniLM cross-entropy (`seq2seq_cross_entropy`)
 of pass k's logits; N = 1 is exactly plain teacher forcing. Decoding is unchanged (pass 1 only).
 
-Source activations: the source never attends to the target under the UniLM mask, so its per-layer
-keys and values are the same in every pass. They are recomputed here (each pass is a full forward),
-which is exact; reusing them would save about source/(source + target) of passes 2..N.
+Source activations: the source never attends to the target under the UniLM mask, and its inputs are the
+same in every pass, so every layer's source rows are too. Given `target_rows` (every target position of
+each row), passes 2..N compute only those rows, reading the source rows of each layer from pass 1
+(`RoFormerModel.layer_states`): queries, the output projection and the FFN run on the target only, which
+saves about source/(source + target) of passes 2..N. Exact only when pass k draws no dropout of its own
+(deterministic, or rates 0): with dropout each pass's source would see different noise, so it is then
+recomputed. Without `target_rows` each pass is a full forward (also exact).
 """
 
 from __future__ import annotations
@@ -47,11 +51,22 @@ def refeed(embeds: Array, hidden: Array, token_type_ids: Array, attention_mask: 
   return jnp.where(target[..., None], shifted.astype(embeds.dtype), embeds)
 
 
+def reuses_source(model: RoFormerForMaskedLM, deterministic: bool) -> bool:
+  """Whether passes 2..N may read the source rows from pass 1 exactly: no dropout noise of their own."""
+  cfg = model.cfg
+  return deterministic or (cfg.hidden_dropout == 0 and cfg.attention_dropout == 0)
+
+
 def teaforn_passes(model: RoFormerForMaskedLM, params: Any, input_ids: Array, token_type_ids: Array,
                    attention_mask: Array | None = None, *, num_passes: int, deterministic: bool = True,
-                   dropout_rng: Array | None = None, residual_scale: Array | float = 1.0) -> list[tuple[Array, Array]]:
+                   dropout_rng: Array | None = None, residual_scale: Array | float = 1.0,
+                   target_rows: Array | None = None) -> list[tuple[Array, Array]]:
   """[(hidden [B, L, H], logits [B, L, V]) for pass 1..N]. Dropout (when not deterministic) is drawn anew
-  for each pass from `dropout_rng` folded with the pass index."""
+  for each pass from `dropout_rng` folded with the pass index.
+
+  target_rows [B, T]: every target (segment 1) position of each row, padded with L; given (and with no
+  dropout), passes 2..N recompute only those rows (see the module docstring). It must list every target
+  position: one left out would keep pass 1's state there."""
   if num_passes < 1:
     raise ValueError(f"TeaForN needs num_passes >= 1, got {num_passes}")
   if attention_mask is None:
@@ -62,6 +77,18 @@ def teaforn_passes(model: RoFormerForMaskedLM, params: Any, input_ids: Array, to
     return {} if deterministic else {"dropout": jax.random.fold_in(dropout_rng, k)}
 
   kw = dict(unilm=True, deterministic=deterministic, residual_scale=residual_scale)
+  if num_passes > 1 and target_rows is not None and reuses_source(model, deterministic):
+    states = model.apply(variables, input_ids, token_type_ids, attention_mask, rngs=rngs(0),
+                         method=RoFormerForMaskedLM.layer_states, **kw)
+    head = lambda h: model.apply(variables, h, method=RoFormerForMaskedLM.head)
+    out = [(states[-1], head(states[-1]))]
+    embeds = model.apply(variables, input_ids, token_type_ids, deterministic, method=RoFormerForMaskedLM.embed)
+    for k in range(1, num_passes):
+      x = refeed(embeds, out[-1][0], token_type_ids, attention_mask)
+      h = model.apply(variables, input_ids, token_type_ids, attention_mask, inputs_embeds=x, rows=target_rows,
+                      context=states, method=RoFormerForMaskedLM.layer_states, **kw)[-1]
+      out.append((h, head(h)))
+    return out
   out = [model.apply(variables, input_ids, token_type_ids, attention_mask, rngs=rngs(0),
                      method=RoFormerForMaskedLM.hidden_and_logits, **kw)]
   if num_passes > 1:
@@ -94,29 +121,29 @@ def teaforn_loss(model: RoFormerForMaskedLM, params: Any, input_ids: Array, toke
   return total, per_pass
 
 
-def _head(module: RoFormerForMaskedLM, hidden: Array) -> Array:
-  return module.mlm(hidden, module.roformer.embeddings)
-
-
 def teaforn_loss_at(model: RoFormerForMaskedLM, params: Any, input_ids: Array, token_type_ids: Array,
                     attention_mask: Array, positions: Array, position_mask: Array, *, num_passes: int = 1,
                     weights: Sequence[float] | None = None, deterministic: bool = True,
-                    dropout_rng: Array | None = None, residual_scale: Array | float = 1.0) -> tuple[Array, Array]:
+                    dropout_rng: Array | None = None, residual_scale: Array | float = 1.0,
+                    target_rows: Array | None = None) -> tuple[Array, Array]:
   """`teaforn_loss` with the LM head run only at `positions` [B, P] (where `position_mask` [B, P] is 1): the
   positions whose next token is a target. With every such position listed once it is the same loss; the
   head (hidden x vocab, most of a small model's cost) then runs on the target half of the sequence only.
-  Under jit the full-sequence logits `teaforn_passes` also returns are unused and compiled away."""
+  Under jit the full-sequence logits `teaforn_passes` also returns are unused and compiled away.
+  `target_rows`: as `teaforn_passes` (source reuse); with every target position listed once in `positions`
+  that is `where(position_mask, positions + 1, L)`."""
   weights = (1.0,) * num_passes if weights is None else tuple(weights)
   if len(weights) != num_passes:
     raise ValueError(f"TeaForN: {len(weights)} weights for num_passes={num_passes}")
   passes = teaforn_passes(model, params, input_ids, token_type_ids, attention_mask, num_passes=num_passes,
-                          deterministic=deterministic, dropout_rng=dropout_rng, residual_scale=residual_scale)
+                          deterministic=deterministic, dropout_rng=dropout_rng, residual_scale=residual_scale,
+                          target_rows=target_rows)
   labels = jnp.take_along_axis(input_ids, jnp.minimum(positions + 1, input_ids.shape[1] - 1), axis=1)
   w = position_mask.astype(jnp.float32)
   per_pass = []
   for hidden, _ in passes:
     h = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=_head).astype(jnp.float32), axis=-1)
+    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=RoFormerForMaskedLM.head).astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
     per_pass.append(jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0))
   per_pass = jnp.stack(per_pass)

@@ -19,10 +19,12 @@ PEAK_BF16 = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5
              "NVIDIA A100": 312e12}
 
 
-def encoder_flops(cfg: ModelConfig, batch: int, seq: int, output_rows: float | None = None) -> float:
+def encoder_flops(cfg: ModelConfig, batch: int, seq: int, output_rows: float | None = None,
+                  query_rows: float | None = None) -> float:
   """Matmul FLOPs of one encoder forward pass; `output_rows` per sequence when only those rows' outputs are
   asked for (`output_positions`): for a query-subset attention (`model.prunes_last_layer`) the last layer's
-  queries, output projection and FFN then run at those rows only."""
+  queries, output projection and FFN then run at those rows only. `query_rows`: every layer does so
+  (`RoFormerModel.layer_states` with `rows`: TeaForN's passes 2..N reusing the source)."""
   d, ff, heads_dim = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads * cfg.head_size
 
   def layer(queries: float) -> float:  # one layer with `queries` output rows per sequence
@@ -33,6 +35,8 @@ def encoder_flops(cfg: ModelConfig, batch: int, seq: int, output_rows: float | N
                     + 2 * queries * d * ff * 2)        # FFN, two matrices
 
   from roformer_jax.model import prunes_last_layer  # lazy: keeps this module import-light
+  if query_rows is not None:
+    return float(cfg.num_layers * layer(query_rows if prunes_last_layer(cfg) else seq))
   last = layer(output_rows if output_rows is not None and prunes_last_layer(cfg) else seq)
   return float((cfg.num_layers - 1) * layer(seq) + last)
 
