@@ -1,7 +1,7 @@
 """The PET grid of docs/RESULTS.md: zero-shot patterns, PET vs [CLS] at several K, unsupervised, semi-supervised.
 
   python -m finetune.pet_results --init workdir/tiny_cpu --out workdir/pet_results [--seeds 0,1,2] \
-      [--ks 32,100,200] [--steps 150] [--plot docs/img/pet_vs_cls.png]
+      [--ks 32,100,200] [--steps 150] [--pattern P1] [--plot docs/img/pet_vs_cls.png]
 
 Every run is `finetune.run` / `finetune.pet_compare` on `finetune/configs/pet.py` with the overrides below, in
 this process, into <workdir>/<run name>; its summary is appended to <workdir>/results.jsonl, so a rerun skips
@@ -28,6 +28,7 @@ flags.DEFINE_list("ks", ["32", "100", "200"], "Labelled examples for few-shot.")
 flags.DEFINE_list("patterns", ["P1", "P2", "P3", "P4", "P5"], "Zero-shot patterns.")
 flags.DEFINE_integer("steps", 150, "Optimiser steps of every trained run.")
 flags.DEFINE_integer("semi_k", 200, "Labelled examples of the semi-supervised runs.")
+flags.DEFINE_string("pattern", "P1", "The pattern of the trained (few-shot, unsupervised, semi-supervised) runs.")
 flags.DEFINE_string("plot", "docs/img/pet_vs_cls.png", "Accuracy-vs-K plot ('' = none).")
 flags.DEFINE_bool("report", False, "Only print the table of the runs finished so far.")
 FLAGS = flags.FLAGS
@@ -43,7 +44,7 @@ def _config(**overrides):
 def runs() -> list[tuple[str, str, dict[str, Any]]]:
   """(name, driver, config overrides) of every run of the grid."""
   trained = dict(init=FLAGS.init, steps=FLAGS.steps, eval_every=max(1, FLAGS.steps // 10),
-                 checkpoint_every=FLAGS.steps, log_every=50)
+                 checkpoint_every=FLAGS.steps, log_every=50, pattern=FLAGS.pattern)
   out = [(f"zero_shot_{p}", "run", dict(init=FLAGS.init, regime="zero_shot", pattern=p)) for p in FLAGS.patterns]
   for seed in map(int, FLAGS.seeds):
     for k in map(int, FLAGS.ks):
@@ -78,13 +79,14 @@ def plot(results: dict[str, dict], path: Path) -> None:
   import numpy as np
   ks = [int(k) for k in FLAGS.ks]
   fig, ax = plt.subplots(figsize=(6, 4))
-  for key, label in (("test_accuracy", "PET (P1)"), ("baseline_test_accuracy", "[CLS] fine-tuning")):
+  for key, label in (("test_accuracy", f"PET ({FLAGS.pattern})"), ("baseline_test_accuracy", "[CLS] fine-tuning")):
     acc = [[results[f"few_shot_k{k}_s{s}"][key] for s in FLAGS.seeds if f"few_shot_k{k}_s{s}" in results] for k in ks]
     mean = [np.mean(a) if a else np.nan for a in acc]
     sd = [np.std(a, ddof=1) if len(a) > 1 else 0.0 for a in acc]
     ax.errorbar(ks, mean, yerr=sd, marker="o", capsize=4, label=label)
-  if "zero_shot_P1" in results:
-    ax.axhline(results["zero_shot_P1"]["test_accuracy"], ls="--", c="gray", label="PET zero-shot (P1)")
+  if f"zero_shot_{FLAGS.pattern}" in results:
+    ax.axhline(results[f"zero_shot_{FLAGS.pattern}"]["test_accuracy"], ls="--", c="gray",
+               label=f"PET zero-shot ({FLAGS.pattern})")
   from finetune.configs import pet
   from roformer_jax.pet import reviews
   test = reviews.load_reviews(reviews.prepare_reviews(Path(pet.get_config().data_dir)))["test"]
