@@ -17,9 +17,10 @@ character is always the same distance after its syllable: under RoPE that is one
 2-layer model picks up at once. Measured, tiny_cpu, 60 steps of 32 at lr 3e-3, 256 dev sentences: 39.5% dev
 character accuracy filled, 3.1% with the source's natural length (the offset then changes with each sentence).
 
-Loss: `teaforn.teaforn_loss_at` (= `teaforn_loss`, the LM head on the target positions only) with `config.teaforn.n` passes (1 = teacher forcing) and weights
-`config.teaforn.weights` (() = 1 for every pass); with `config.teaforn.reuse_source` (default) passes 2..N
-compute the target rows only and read the source's from pass 1 (exact; off by itself under dropout). Evaluation on dev each epoch: cached greedy decoding,
+Loss: `teaforn.teaforn_loss_at` (= `teaforn_loss`, the LM head on the target positions only) with
+`config.teaforn.n` passes (1 = teacher forcing) and weights `config.teaforn.weights` (() = 1 for every pass);
+with `config.teaforn.reuse_source` (default) passes 2..N compute the target rows only and read the source's
+from pass 1 (exact; off by itself under dropout). Evaluation on dev each epoch: cached greedy decoding,
 character accuracy and exact match counted on the device. `finish`: greedy (and with `config.decode.beam_size`
 > 1 beam) decoding of dev and test, the metrics on the decoded strings, the baseline on the same splits, and
 the test predictions in <workdir>/predictions/test.jsonl (written atomically).
@@ -175,7 +176,7 @@ class Seq2SeqTask(Task):
     import jax.numpy as jnp
 
     from roformer_jax.seq2seq import teaforn
-    model, n, weights, reuse = self.model, self.cfg.teaforn.n, self.weights, self.cfg.teaforn.reuse_source
+    model, n, weights, reuse = self.model, self.cfg.teaforn.n, self.weights, self.reuse_source
 
     def loss_fn(params, batch, rng, step):
       del step
@@ -251,7 +252,8 @@ class Seq2SeqTask(Task):
             "eval_exact_match": float(sums["exact"]) / max(float(sums["weight"]), 1.0)}
 
   def step_flops(self, metrics: dict[str, float]) -> float:
-    reuse = self.reuse_source and teaforn_reuses(self.model_config)
+    from roformer_jax.seq2seq import teaforn
+    reuse = self.reuse_source and teaforn.reuses_source(self.model_config, deterministic=False)
     return teaforn_step_flops(self.model_config, self.cfg.batch_size, self.max_chars, self.cfg.teaforn.n, reuse)
 
   def export_params(self, params: Any) -> Any:
@@ -311,11 +313,6 @@ class Seq2SeqTask(Task):
       os.replace(tmp, path)
       out["predictions"] = str(path)
     return out
-
-
-def teaforn_reuses(cfg: Any) -> bool:
-  """Whether training (dropout on) reuses the source across passes: only without dropout (teaforn.reuses_source)."""
-  return cfg.hidden_dropout == 0 and cfg.attention_dropout == 0
 
 
 def teaforn_step_flops(cfg: Any, batch: int, max_chars: int, n: int, reuse: bool) -> float:

@@ -48,13 +48,12 @@ def steps_of(setup: str) -> int:
   """The optimiser steps of a setup: `--steps` x its multiple (FLOPs-matched for n1_c2, n1_c3)."""
   n, mult = SETUPS[setup]
   if isinstance(mult, str):
-    from pathlib import Path as _P
-
-    from finetune.seq2seq import teaforn_reuses, teaforn_step_flops
+    from finetune.seq2seq import teaforn_step_flops
     from roformer_jax.convert.orbax_ckpt import read_model_config
+    from roformer_jax.seq2seq import teaforn
     from roformer_jax.seq2seq.pinyin import MAX_CHARS
-    cfg = read_model_config(_P(FLAGS.init), hidden_dropout=0.0, attention_dropout=0.0)  # as the pinyin config
-    flops = lambda k: teaforn_step_flops(cfg, 32, MAX_CHARS, k, teaforn_reuses(cfg))
+    cfg = read_model_config(Path(FLAGS.init), hidden_dropout=0.0, attention_dropout=0.0)  # as the pinyin config
+    flops = lambda k: teaforn_step_flops(cfg, 32, MAX_CHARS, k, teaforn.reuses_source(cfg, deterministic=False))
     mult = flops(SETUPS[mult][0]) / flops(1)
   return int(round(FLAGS.steps * mult))
 

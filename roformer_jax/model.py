@@ -297,6 +297,19 @@ def _default_mask(input_ids: Array, attention_mask: Array | None, pad_token_id: 
   return attention_mask.astype(bool)
 
 
+def _causal_ids(cfg: ModelConfig, input_ids: Array, token_type_ids: Array | None, unilm: bool,
+                causal_ids: Array | None) -> Array | None:
+  """Explicit causal ids, else UniLM's from the segments (cumsum of token_type_ids) when `unilm`; refused by
+  attention variants that cannot take them."""
+  if causal_ids is None and unilm:
+    causal_ids = jnp.cumsum(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                            axis=-1, dtype=jnp.int32)
+  if causal_ids is not None and not attention_lib.supports_causal_ids(cfg.attention):
+    raise ValueError(f"attention={cfg.attention!r} cannot take a UniLM / causal mask (causal_ids); use one "
+                     "of softmax, dot_product, blockwise, pallas")
+  return causal_ids
+
+
 class RoFormerModel(nn.Module):
   """The encoder: returns hidden states [batch, length, hidden] in the compute dtype.
 
@@ -340,12 +353,7 @@ class RoFormerModel(nn.Module):
                deterministic: bool = True, residual_scale: Array | float = 1.0,
                output_positions: Array | None = None, unilm: bool = False, causal_ids: Array | None = None,
                inputs_embeds: Array | None = None) -> Array:
-    if causal_ids is None and unilm:
-      causal_ids = jnp.cumsum(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
-                              axis=-1, dtype=jnp.int32)
-    if causal_ids is not None and not attention_lib.supports_causal_ids(self.cfg.attention):
-      raise ValueError(f"attention={self.cfg.attention!r} cannot take a UniLM / causal mask (causal_ids); use one "
-                       "of softmax, dot_product, blockwise, pallas")
+    causal_ids = _causal_ids(self.cfg, input_ids, token_type_ids, unilm, causal_ids)
     with matmul_precision(self.cfg):
       if self.decode:
         return self._decode(input_ids, token_type_ids, attention_mask, position_ids, causal_ids, output_positions)
@@ -377,8 +385,9 @@ class RoFormerModel(nn.Module):
         x = layer(x, mask, rope, True, 1.0, None, position_ids)
     return x if output_positions is None else gather_positions(x, output_positions)
 
-  def _encode(self, input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
-              residual_scale, output_positions, causal_ids=None, inputs_embeds=None):
+  def _inputs(self, input_ids, token_type_ids, attention_mask, position_ids, segment_ids, causal_ids,
+              inputs_embeds, deterministic):
+    """(x, mask, rope): the first layer's input, the attention mask and the RoPE angles of an encoding."""
     cfg = self.cfg
     batch, length = input_ids.shape
     if token_type_ids is None:
@@ -393,6 +402,13 @@ class RoFormerModel(nn.Module):
       x = self.embeddings(input_ids, token_type_ids, deterministic)
     else:
       x = _constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), ("batch", "length", "embed"))
+    return x, mask, rope
+
+  def _encode(self, input_ids, token_type_ids, attention_mask, position_ids, segment_ids, deterministic,
+              residual_scale, output_positions, causal_ids=None, inputs_embeds=None):
+    cfg = self.cfg
+    x, mask, rope = self._inputs(input_ids, token_type_ids, attention_mask, position_ids, segment_ids, causal_ids,
+                                 inputs_embeds, deterministic)
     if not cfg.scan_layers:
       for layer in self.layers[:-1]:
         x = layer(x, mask, rope, deterministic, residual_scale)
@@ -408,18 +424,28 @@ class RoFormerModel(nn.Module):
     # stacked params are split (the first L - 1 scanned, the last alone) at apply time, and the param
     # tree and checkpoints keep the one scanned layout.
     cfg = self.cfg
-    stacked = self.layers.variables["params"]
-    first = jax.tree_util.tree_map(lambda p: p[:-1], stacked)
-    last = jax.tree_util.tree_map(lambda p: p[-1], stacked)
-    rngs = {}
-    if not deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
-      rngs = {"dropout": self.make_rng("dropout")}
-    rngs_last = {k: jax.random.fold_in(v, cfg.num_layers - 1) for k, v in rngs.items()}
+    first = jax.tree_util.tree_map(lambda p: p[:-1], self.layers.variables["params"])
+    rngs = self._dropout_rngs(deterministic)
     scanned = _layer_class(cfg, cfg.num_layers - 1)(cfg, scanned=True, parent=None)
     x, _ = scanned.apply({"params": first}, x, mask, rope, deterministic, residual_scale, rngs=rngs)
-    return _layer_class(cfg)(cfg, parent=None).apply({"params": last}, x, mask, rope, deterministic,
-                                                    residual_scale, output_positions, rngs=rngs_last)
+    return self._layer(cfg.num_layers - 1, x, mask, rope, deterministic, residual_scale, output_positions, rngs)
 
+  def _dropout_rngs(self, deterministic):
+    """{"dropout": key} for layers applied on their own (`_layer`), when there is dropout to draw."""
+    cfg = self.cfg
+    if not deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
+      return {"dropout": self.make_rng("dropout")}
+    return {}
+
+  def _layer(self, i, x, mask, rope, deterministic, residual_scale, output_positions, rngs):
+    """Layer i alone; in the scanned layout its params are sliced from the stack at apply time (the param
+    tree and checkpoints keep the one layout) and dropout keys are `rngs` folded with i."""
+    if not self.cfg.scan_layers:
+      return self.layers[i](x, mask, rope, deterministic, residual_scale, output_positions)
+    params = jax.tree_util.tree_map(lambda p: p[i], self.layers.variables["params"])
+    rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
+    return _layer_class(self.cfg)(self.cfg, parent=None).apply({"params": params}, x, mask, rope, deterministic,
+                                                             residual_scale, output_positions, rngs=rngs)
 
   def layer_states(self, input_ids: Array, token_type_ids: Array | None = None, attention_mask: Array | None = None,
                    *, deterministic: bool = True, residual_scale: Array | float = 1.0, unilm: bool = False,
@@ -432,44 +458,25 @@ class RoFormerModel(nn.Module):
     (keys and values everywhere, queries and the FFN at `rows`). That is exact when no other position
     attends to `rows` and their inputs equal the context's (under the UniLM mask: the source never
     sees the target), which is how TeaForN reuses the source across passes. A row index >= L pads."""
-    if causal_ids is None and unilm:
-      causal_ids = jnp.cumsum(jnp.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
-                              axis=-1, dtype=jnp.int32)
     cfg = self.cfg
     batch, length = input_ids.shape
-    if token_type_ids is None:
-      token_type_ids = jnp.zeros_like(input_ids)
+    causal_ids = _causal_ids(cfg, input_ids, token_type_ids, unilm, causal_ids)
     with matmul_precision(cfg):
-      mask = attention_lib.AttentionMask(_default_mask(input_ids, attention_mask, cfg.pad_token_id),
-                                         causal_ids=causal_ids)
-      rope = rope_lib.rope_angles(rope_lib.default_positions(batch, length), cfg.head_size, cfg.rope_base)
-      if inputs_embeds is None:
-        x = self.embeddings(input_ids, token_type_ids, deterministic)
-      else:
-        x = _constrain(inputs_embeds.astype(jnp.dtype(cfg.dtype)), ("batch", "length", "embed"))
-      rngs = {}
-      if not deterministic and (cfg.hidden_dropout > 0 or cfg.attention_dropout > 0):
-        rngs = {"dropout": self.make_rng("dropout")}
-      b = jnp.arange(batch)[:, None]
-      if rows is not None:
-        gather_at = jnp.minimum(rows, length - 1)
-        x = gather_positions(x, gather_at)
-      states = [x if rows is None else context[0].at[b, rows].set(x, mode="drop")]
+      x, mask, rope = self._inputs(input_ids, token_type_ids, attention_mask, None, None, causal_ids,
+                                   inputs_embeds, deterministic)
+      rngs = self._dropout_rngs(deterministic)
+      if rows is None:
+        states = [x]
+        for i in range(cfg.num_layers):
+          states.append(self._layer(i, states[-1], mask, rope, deterministic, residual_scale, None, rngs))
+        return jnp.stack(states)
+      b, at = jnp.arange(batch)[:, None], jnp.minimum(rows, length - 1)
+      put = lambda full, new: full.at[b, rows].set(new, mode="drop")  # padding rows (>= L) write nothing
+      states = [put(context[0], gather_positions(x, at))]
       for i in range(cfg.num_layers):
-        full = states[-1]
-        out = self._layer(i, full, mask, rope, deterministic, residual_scale,
-                          None if rows is None else gather_at, rngs)
-        states.append(out if rows is None else context[i + 1].at[b, rows].set(out, mode="drop"))
+        states.append(put(context[i + 1], self._layer(i, states[-1], mask, rope, deterministic, residual_scale,
+                                                      at, rngs)))
     return jnp.stack(states)
-
-  def _layer(self, i, x, mask, rope, deterministic, residual_scale, output_positions, rngs):
-    """Layer i alone (the scanned layout's params sliced at apply time, as `_scanned_then_last`)."""
-    if not self.cfg.scan_layers:
-      return self.layers[i](x, mask, rope, deterministic, residual_scale, output_positions)
-    params = jax.tree_util.tree_map(lambda p: p[i], self.layers.variables["params"])
-    rngs = {k: jax.random.fold_in(v, i) for k, v in rngs.items()}
-    return _layer_class(self.cfg)(self.cfg, parent=None).apply({"params": params}, x, mask, rope, deterministic,
-                                                             residual_scale, output_positions, rngs=rngs)
 
 
 class DecodeState(nn.Module):
@@ -544,9 +551,7 @@ class RoFormerForMaskedLM(nn.Module):
     """(final hidden states, logits): `__call__`'s logits with the hidden states they came from."""
     # At `masked_positions` the encoder's last layer runs only at those rows (exact, ~P/L of its cost).
     h = self.roformer(input_ids, token_type_ids, attention_mask, output_positions=masked_positions, **kwargs)
-    with matmul_precision(self.cfg):
-      logits = self.mlm(h, self.roformer.embeddings)
-    return h, _constrain(logits, ("batch", "length", "vocab"))
+    return h, _constrain(self.head(h), ("batch", "length", "vocab"))
 
   def layer_states(self, input_ids: Array, *args, **kwargs) -> Array:
     """The encoder's `RoFormerModel.layer_states` (every layer's input, then the final hidden states)."""

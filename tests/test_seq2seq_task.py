@@ -150,7 +150,8 @@ def test_teaforn_loss_at_target_positions_equals_the_full_loss(n):
   types = np.array([[0] * 5 + [1] * 5 + [0] * 2, [0] * 3 + [1] * 3 + [0] * 6], np.int32)
   positions = np.array([[4, 5, 6, 7, 8], [2, 3, 4, 0, 0]], np.int32)
   mask = np.array([[1] * 5, [1, 1, 1, 0, 0]], np.int32)
-  full, full_pp = teaforn.teaforn_loss(model, params, ids, types, ids != 0, num_passes=n, weights=[1.0, 0.5, 0.25][:n])
+  full, full_pp = teaforn.teaforn_loss(model, params, ids, types, ids != 0, num_passes=n,
+                                       weights=[1.0, 0.5, 0.25][:n])
   at, at_pp = teaforn.teaforn_loss_at(model, params, ids, types, ids != 0, positions, mask, num_passes=n,
                                       weights=[1.0, 0.5, 0.25][:n])
   np.testing.assert_allclose(at_pp, full_pp, rtol=2e-6)

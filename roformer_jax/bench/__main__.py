@@ -1,7 +1,7 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, exactness. The process first re-executes itself
-with glibc malloc tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
+Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, exactness. The process first
+re-executes itself with glibc malloc tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
 print measured figures and are never run as tests.

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from roformer_jax.config import ModelConfig
 from roformer_jax.model import RoFormerForMaskedLM
 
 Array = jax.Array
@@ -51,9 +52,8 @@ def refeed(embeds: Array, hidden: Array, token_type_ids: Array, attention_mask: 
   return jnp.where(target[..., None], shifted.astype(embeds.dtype), embeds)
 
 
-def reuses_source(model: RoFormerForMaskedLM, deterministic: bool) -> bool:
+def reuses_source(cfg: ModelConfig, deterministic: bool) -> bool:
   """Whether passes 2..N may read the source rows from pass 1 exactly: no dropout noise of their own."""
-  cfg = model.cfg
   return deterministic or (cfg.hidden_dropout == 0 and cfg.attention_dropout == 0)
 
 
@@ -77,7 +77,7 @@ def teaforn_passes(model: RoFormerForMaskedLM, params: Any, input_ids: Array, to
     return {} if deterministic else {"dropout": jax.random.fold_in(dropout_rng, k)}
 
   kw = dict(unilm=True, deterministic=deterministic, residual_scale=residual_scale)
-  if num_passes > 1 and target_rows is not None and reuses_source(model, deterministic):
+  if num_passes > 1 and target_rows is not None and reuses_source(model.cfg, deterministic):
     states = model.apply(variables, input_ids, token_type_ids, attention_mask, rngs=rngs(0),
                          method=RoFormerForMaskedLM.layer_states, **kw)
     head = lambda h: model.apply(variables, h, method=RoFormerForMaskedLM.head)
@@ -143,7 +143,7 @@ def teaforn_loss_at(model: RoFormerForMaskedLM, params: Any, input_ids: Array, t
   per_pass = []
   for hidden, _ in passes:
     h = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=RoFormerForMaskedLM.head).astype(jnp.float32), axis=-1)
+    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=RoFormerForMaskedLM.head), axis=-1)
     nll = -jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
     per_pass.append(jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0))
   per_pass = jnp.stack(per_pass)
