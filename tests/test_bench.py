@@ -23,3 +23,12 @@ def test_train_bench_prints_ratios_by_round(capsys):
   assert out["tokens_per_s"] > 0 and 0 < out["mfu"] < 1 and out["rounds"] == 2
   assert isinstance(out["peers_tokens_per_s"]["roformer PyTorch v2/v1 port"], float)
   assert len(out["ours_over_best_peer_by_round"]) == 2 and out["ours_over_best_peer"] > 0
+
+
+def test_finetune_bench_runs_both_sides_in_bfloat16(capsys):
+  from roformer_jax.bench import finetune as bench_finetune
+  bench_finetune.main(["--task", "classify", "--preset", "tiny", "--seq", "32", "--batch", "2", "--rounds", "2",
+                       "--repeats", "1", "--dtype", "bfloat16"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["dtype"] == "bfloat16" and set(out["tokens_per_s"]) == {"ours", "roformer"}
+  assert len(out["ours_over_roformer_by_round"]) == 2 and out["ours_over_roformer"] > 0

@@ -1,6 +1,6 @@
 """`python -m roformer_jax.bench <command> [args]` (also the `roformer-bench` console script).
 
-Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, exactness. The process first
+Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, exactness, matmul. The process first
 re-executes itself with glibc malloc tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
@@ -10,6 +10,7 @@ print measured figures and are never run as tests.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -22,6 +23,7 @@ COMMANDS = {
     "aot": "roformer_jax.bench.aot",
     "tokenizer": "roformer_jax.bench.tokenizer_speed",
     "exactness": "roformer_jax.bench.exactness",
+    "matmul": "roformer_jax.bench.matmul",
 }
 
 
@@ -36,6 +38,14 @@ def main(argv: list[str] | None = None) -> None:
   if cli and mode == "retain":  # (a programmatic call leaves the process as it is)
     from roformer_jax.train import hostmem
     hostmem.reexec_with_retained_memory()
+  if cli:
+    # No accelerator or TensorFlow start-up noise on a laptop: libtpu's probe (aot describes its TPU
+    # topology without the TPU backend, as the tests run it), and TF, which `transformers` would import
+    # for the peers (bert4keras imports it itself where a benchmark needs it).
+    from roformer_jax import startup
+    startup.quiet_tpu_probe()
+    os.environ.setdefault("USE_TF", "0")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 

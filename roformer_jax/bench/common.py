@@ -64,8 +64,9 @@ def machine() -> str:
     pass
   cpu = info.get("model name", cpu)
   if "cpu family" in info:
-    bf16 = ", avx512_bf16" if "avx512_bf16" in info.get("flags", "").split() else ""
-    cpu += f" (family {info['cpu family']} model {info.get('model', '?')}{bf16})"
+    flags = info.get("flags", "").split()
+    extra = "".join(f", {f}" for f in ("avx512_bf16", "amx_bf16") if f in flags)  # bf16 dot products, AMX tiles
+    cpu += f" (family {info['cpu family']} model {info.get('model', '?')}{extra})"
   return f"{cpu}, {os.cpu_count()} cores"
 
 

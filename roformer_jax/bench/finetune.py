@@ -138,7 +138,8 @@ def _torch_pointer_loss(torch, hidden, dense, spans, types: int, head_size: int)
 
 
 def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> Callable[[], None]:
-  """The `roformer` port's model for the task, with the same loss, AdamW, on the CPU."""
+  """The `roformer` port's model for the task, with the same loss, AdamW, on the CPU; with a bfloat16 `cfg.dtype`
+  the forward and loss run under `torch.autocast("cpu", torch.bfloat16)` (float32 weights and optimiser)."""
   import torch
   import roformer
   from roformer_jax.bench.train import _peer_kwargs
@@ -172,10 +173,13 @@ def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> C
   opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
   model.train()
   forward = torch.compile(model) if compiled and task != "ner" else model
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
   def run():
     opt.zero_grad(set_to_none=True)
-    loss(forward).backward()
+    with autocast:
+      value = loss(forward)
+    value.backward()
     opt.step()
   return run
 
@@ -189,13 +193,16 @@ def main(argv=None) -> None:
   p.add_argument("--types", type=int, default=3, help="ner: entity types")
   p.add_argument("--source", type=int, default=64, help="unilm: source tokens (the rest are the target)")
   p.add_argument("--attention", default="softmax", help="our attention variant")
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype for everyone (params and optimiser stay float32)")
   p.add_argument("--peers", default="roformer", help="comma list of roformer, roformer-compile ('' = none)")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--rounds", type=int, default=5)
   a = p.parse_args(argv)
   import jax
   import roformer_jax as rj
-  cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, attention=a.attention)
+  cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, attention=a.attention,
+                      dtype=a.dtype)
   b = make_batch(a.task, cfg.vocab_size, a.batch, a.seq, a.types, a.source)
   runs = {"ours": setup_ours(a.task, cfg, b, a.types, a.source)}
   runs["ours"]()
@@ -208,6 +215,7 @@ def main(argv=None) -> None:
   step = {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
   tokens = a.batch * a.seq
   out = {"task": a.task, "preset": a.preset, "seq": a.seq, "batch": a.batch, "attention": a.attention,
+         "dtype": a.dtype,
          "tokens_per_s": {n: round(tokens / s, 1) for n, s in step.items()},
          "step_ms": {n: round(1e3 * s, 1) for n, s in step.items()}}
   for peer in [n for n in runs if n != "ours"]:
