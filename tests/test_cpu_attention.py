@@ -1,7 +1,8 @@
 """The fused AVX-512 CPU attention kernel (roformer_jax/kernels/cpu_attention.cc) behind `softmax`:
 that it is built and used here, that it equals the einsum reference (forward and gradients, with padding,
 packed documents, rows that see no key, a query subset, and lengths and head sizes off its 12 x 32 tiles),
-that its build is atomic and reports failure, and that other platforms never see it."""
+causal ids (UniLM, a causal LM), that its build is atomic and reports failure, and that other platforms
+never see it."""
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +88,47 @@ def test_kernel_with_a_query_subset():
   np.testing.assert_allclose(got, want, rtol=2e-5)
   for x, y in zip(g, want_g):
     np.testing.assert_allclose(x, y, atol=2e-5 * float(jnp.max(jnp.abs(y))))
+
+
+def _uses_kernel(fn, q, k, v) -> bool:
+  return _TARGET in jax.jit(jax.grad(lambda q: jnp.sum(fn(q, k, v)))).lower(q).compile().as_text()
+
+
+@pytest.mark.parametrize("b, lk, h, d", [(2, 130, 3, 64), (3, 37, 2, 16)])
+def test_kernel_with_causal_ids_matches_the_reference(b, lk, h, d):
+  """UniLM's seq2seq mask (cumsum of the token types, bert4keras's `application='unilm'`) and a causal LM
+  (0..L-1) as causal ids: the kernel compares them with <= and equals the reference, padding included, over
+  all queries and over a query subset with its own ids."""
+  q, k, v, mask, rope = _case(b, lk, h, d)
+  types = (np.arange(lk)[None] >= np.array([lk // 2 + 3 * i for i in range(b)])[:, None]).astype(np.int32)
+  for ids in (np.cumsum(types, axis=1), np.broadcast_to(np.arange(lk), (b, lk))):
+    m = attn.AttentionMask(mask.key_mask, causal_ids=jnp.asarray(ids, jnp.int32))
+    fast = lambda q, k, v: softmax.softmax_attention(q, k, v, m, rope=rope)
+    assert _uses_kernel(fast, q, k, v)
+    want, want_g = _value_and_grads(lambda q, k, v: softmax.reference_attention(q, k, v, m, rope=rope), q, k, v)
+    got, g = _value_and_grads(fast, q, k, v)
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    for x, y, what in zip(g, want_g, "qkv"):
+      np.testing.assert_allclose(x, y, atol=2e-5 * float(jnp.max(jnp.abs(y))), err_msg=f"d{what}")
+    pos = jnp.asarray(np.random.RandomState(2).choice(lk, size=(b, 9)))
+    take = lambda t: jnp.take_along_axis(t, pos.reshape(pos.shape + (1,) * (t.ndim - 2)), axis=1)
+    sub = m.replace(query_causal_ids=take(m.causal_ids))
+    qrope = tuple(take(t) for t in rope)
+    want, want_g = _value_and_grads(
+        lambda q, k, v: softmax.reference_attention(q, k, v, sub, rope=rope, query_rope=qrope), take(q), k, v)
+    got, g = _value_and_grads(
+        lambda q, k, v: softmax.softmax_attention(q, k, v, sub, rope=rope, query_rope=qrope), take(q), k, v)
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    for x, y in zip(g, want_g):
+      np.testing.assert_allclose(x, y, atol=2e-5 * float(jnp.max(jnp.abs(y))))
+
+
+def test_segments_and_causal_ids_together_take_the_xla_path():
+  q, k, v, mask, rope = _case(2, 40, 2, 16)
+  both = mask.replace(causal_ids=jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (2, 40)))
+  fast = lambda q, k, v: softmax.softmax_attention(q, k, v, both, rope=rope)
+  assert not _uses_kernel(fast, q, k, v)
+  np.testing.assert_allclose(fast(q, k, v), softmax.reference_attention(q, k, v, both, rope=rope), rtol=2e-5, atol=1e-6)
 
 
 def test_kernel_under_vmap():

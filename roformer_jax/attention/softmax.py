@@ -164,23 +164,24 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 # The fused CPU kernel (roformer_jax/kernels/cpu_attention.cc): the same maths in the [B, L, H, D] layout,
 # each (batch, head) in cache, so neither the transposes nor XLA's passes over the [B, H, L, L] scores.
-@jax.custom_vjp
-def _attend_kernel(q, k, v, key_mask, key_seg, query_seg, ropes):
-  return _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes)[0]
+# The ids are segment ids, or with `causal` causal ids (the kernel compares them with <= instead of ==).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def _attend_kernel(q, k, v, key_mask, key_seg, query_seg, ropes, causal=False):
+  return _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes, causal)[0]
 
 
-def _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes):
+def _attend_kernel_fwd(q, k, v, key_mask, key_seg, query_seg, ropes, causal=False):
   q_rope, k_rope = ropes
   qh = _rotate(q, q_rope) * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
   kh = _rotate(k, k_rope)
-  o, p = cpu_attention.forward(qh, kh, v, key_mask, key_seg, query_seg)
+  o, p = cpu_attention.forward(qh, kh, v, key_mask, key_seg, query_seg, causal)
   return o, (qh, kh, v, o, p, key_mask, key_seg, query_seg, ropes)
 
 
-def _attend_kernel_bwd(res, dout):
+def _attend_kernel_bwd(causal, res, dout):
   qh, kh, v, o, p, key_mask, key_seg, query_seg, ropes = res
   q_rope, k_rope = ropes
-  dqh, dkh, dv = cpu_attention.backward(qh, kh, v, o, dout, p, key_mask, key_seg, query_seg)
+  dqh, dkh, dv = cpu_attention.backward(qh, kh, v, o, dout, p, key_mask, key_seg, query_seg, causal)
   dq = _from_heads(dqh * (qh.shape[-1] ** -0.5), q_rope, qh.dtype, perm=(0, 1, 2, 3))
   dk = _from_heads(dkh, k_rope, kh.dtype, perm=(0, 1, 2, 3))
   return dq, dk, dv, None, None, None, _zeros(ropes)
@@ -192,8 +193,9 @@ _attend_kernel.defvjp(_attend_kernel_fwd, _attend_kernel_bwd)
 def _kernel_applies(q, k, v, mask: AttentionMask, keep, implementation: str) -> bool:
   if implementation not in ("auto", "xla"):
     raise ValueError(f"attention_options: softmax implementation must be 'auto' or 'xla', got {implementation!r}")
-  # The fused kernel knows key padding and segments only: a causal-id (UniLM) mask takes the XLA path.
-  return (implementation == "auto" and keep is None and mask.key_mask.ndim == 2 and mask.causal_ids is None
+  # The fused kernel takes key padding and one kind of ids: segments or causal ids (UniLM), not both.
+  one_kind = mask.segment_ids is None or mask.causal_ids is None
+  return (implementation == "auto" and keep is None and mask.key_mask.ndim == 2 and one_kind
           and all(x.dtype == jnp.float32 for x in (q, k, v)) and cpu_attention.available())
 
 
@@ -215,11 +217,14 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionM
   xla = lambda q, k, v: _attend(q, k, v, mask.dense(), ropes, keep, float(dropout_rate))
   branches = {}
   if _kernel_applies(q, k, v, mask, keep, implementation):
-    key_seg = mask.segment_ids
-    query_seg = key_seg if mask.query_segment_ids is None else mask.query_segment_ids
+    causal = mask.causal_ids is not None
+    key_seg, query_seg = ((mask.causal_ids, mask.query_causal_ids) if causal
+                          else (mask.segment_ids, mask.query_segment_ids))
+    query_seg = key_seg if query_seg is None else query_seg
     if key_seg is None:
       key_seg, query_seg = (jnp.zeros(x.shape[:2], jnp.int32) for x in (k, q))
-    branches["cpu"] = lambda q, k, v: _per_shard(_attend_kernel, q, k, v, mask.key_mask.astype(bool),
+    kernel = functools.partial(_attend_kernel, causal=causal)
+    branches["cpu"] = lambda q, k, v: _per_shard(kernel, q, k, v, mask.key_mask.astype(bool),
                                                  key_seg.astype(jnp.int32), query_seg.astype(jnp.int32), ropes)
   if implementation == "auto" and dot_product.cudnn_applies(q, dropout=keep is not None):
     # NVIDIA GPUs, bf16: cuDNN's flash attention, the same function (packed documents and query subsets

@@ -5,8 +5,9 @@
 // (batch, head) is one task: a block of query rows goes through scores, softmax and P.V (forward), or
 // dP, dS, dQ, dK and dV (backward) while it is in cache, with a register-blocked 12 x 32 FMA kernel.
 // Inputs and outputs keep the model's [B, L, H, D] layout, so no transposes are needed either.
-// Semantics are `roformer_jax.attention.softmax`'s: keys visible where key_mask and the segment ids
-// agree; a masked score is the float32 minimum (a row that sees no key is uniform, as the reference's
+// Semantics are `roformer_jax.attention.softmax`'s: keys visible where key_mask is set and the ids agree:
+// equal segment ids, or with the `causal` attribute, causal ids (UniLM's seq2seq mask, a causal LM) where
+// the key's id is <= the query's; a masked score is the float32 minimum (a row that sees no key is uniform, as the reference's
 // finite fill gives); masked scores and rows that see no key get no gradient.
 // Built on first use by roformer_jax/kernels/cpu_attention.py (g++ -O3 -mavx512f -mavx512bw -mavx512vl).
 #include <immintrin.h>
@@ -92,23 +93,27 @@ static inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-struct Dims { int B, Lq, Lk, H, D; };
+struct Dims { int B, Lq, Lk, H, D; bool causal; };
 
-// Which of 16 keys (lanes in m) a query with segment id vq sees: key_mask set and, with segments, the same id.
-static inline __mmask16 visible16(__mmask16 m, const uint8_t* kmask, const int32_t* kseg, __m512i vq) {
+// Which of 16 keys (lanes in m) a query with id vq sees: key_mask set and, with ids, the same segment id
+// (or, causal, a key id <= the query's).
+static inline __mmask16 visible16(__mmask16 m, const uint8_t* kmask, const int32_t* kseg, __m512i vq, bool causal) {
   const __m128i km8 = _mm_maskz_loadu_epi8(m, kmask);
   __mmask16 vis = _mm_test_epi8_mask(km8, km8) & m;
-  if (kseg) vis &= _mm512_mask_cmpeq_epi32_mask(m, _mm512_maskz_loadu_epi32(m, kseg), vq);
+  if (kseg) {
+    const __m512i ids = _mm512_maskz_loadu_epi32(m, kseg);
+    vis &= causal ? _mm512_mask_cmple_epi32_mask(m, ids, vq) : _mm512_mask_cmpeq_epi32_mask(m, ids, vq);
+  }
   return vis;
 }
 
-// Softmax of one row s[0:Lk] in place, keys visible where kmask[j] && (qseg == kseg[j]) (kseg may be null).
-static inline void softmax_row(float* s, int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg) {
+// Softmax of one row s[0:Lk] in place, keys visible as `visible16` says (kseg may be null).
+static inline void softmax_row(float* s, int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg, bool causal) {
   __m512 mx = _mm512_set1_ps(kMin);
   const __m512 vmin = _mm512_set1_ps(kMin);
   const __m512i vq = _mm512_set1_epi32(qseg);
   for (int j = 0; j < Lk; j += 16) {
-    const __mmask16 m = lo_mask(Lk - j), vis = visible16(m, kmask + j, kseg ? kseg + j : nullptr, vq);
+    const __mmask16 m = lo_mask(Lk - j), vis = visible16(m, kmask + j, kseg ? kseg + j : nullptr, vq, causal);
     __m512 x = _mm512_mask_blend_ps(vis, vmin, _mm512_maskz_loadu_ps(m, s + j));
     _mm512_mask_storeu_ps(s + j, m, x);
     mx = _mm512_mask_max_ps(mx, m, mx, x);
@@ -166,7 +171,7 @@ static void fwd_head(const Dims& d, int b, int h, const float* q, const float* k
     const float* qb = q + ((long)b * d.Lq + i0) * HD + h * d.D;
     float* s = sbuf;  // the block's scores stay in cache through softmax and P.V
     gemm(mb, d.Lk, d.D, qb, HD, 1, kt, d.Lk, s, d.Lk, false);
-    for (int i = 0; i < mb; i++) softmax_row(s + (long)i * d.Lk, d.Lk, km, ks, qs ? qs[i0 + i] : 0);
+    for (int i = 0; i < mb; i++) softmax_row(s + (long)i * d.Lk, d.Lk, km, ks, qs ? qs[i0 + i] : 0, d.causal);
     gemm(mb, d.D, d.Lk, s, d.Lk, 1, vb, HD, o + ((long)b * d.Lq + i0) * HD + h * d.D, HD, false);
     stream_copy(pb + (long)i0 * d.Lk, s, (long)mb * d.Lk);
   }
@@ -174,10 +179,10 @@ static void fwd_head(const Dims& d, int b, int h, const float* q, const float* k
 }
 
 // 1 where row i of the query block sees at least one key.
-static inline bool row_sees_any(int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg) {
+static inline bool row_sees_any(int Lk, const uint8_t* kmask, const int32_t* kseg, int32_t qseg, bool causal) {
   const __m512i vq = _mm512_set1_epi32(qseg);
   for (int j = 0; j < Lk; j += 16) {
-    if (visible16(lo_mask(Lk - j), kmask + j, kseg ? kseg + j : nullptr, vq)) return true;
+    if (visible16(lo_mask(Lk - j), kmask + j, kseg ? kseg + j : nullptr, vq, causal)) return true;
   }
   return false;
 }
@@ -205,7 +210,7 @@ static void bwd_head(const Dims& d, int b, int h, const float* q, const float* k
     gemm(mb, d.Lk, d.D, dout + qofs, HD, 1, vt, d.Lk, ds, d.Lk, false);  // dP
     for (int i = 0; i < mb; i++) {
       float* dsr = ds + (long)i * d.Lk;
-      if (!row_sees_any(d.Lk, km, ks, qs ? qs[i0 + i] : 0)) { std::memset(dsr, 0, d.Lk * sizeof(float)); continue; }
+      if (!row_sees_any(d.Lk, km, ks, qs ? qs[i0 + i] : 0, d.causal)) { std::memset(dsr, 0, d.Lk * sizeof(float)); continue; }
       const float* orow = o + qofs + i * HD; const float* drow = dout + qofs + i * HD;
       float delta = 0.f;
       for (int e = 0; e < d.D; e++) delta += orow[e] * drow[e];
@@ -245,10 +250,10 @@ using Out = ffi::ResultBuffer<ffi::F32>;
 
 // Dims from q [B, Lq, H, D] and k [B, Lk, H, D]; the error names the operand whose shape disagrees.
 ffi::Error decode(const F32& q, const F32& k, std::initializer_list<std::pair<const char*, const F32*>> like_q,
-                  std::initializer_list<std::pair<const char*, const F32*>> like_k, Dims* d) {
+                  std::initializer_list<std::pair<const char*, const F32*>> like_k, bool causal, Dims* d) {
   auto qd = q.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || kd.size() != 4) return ffi::Error::InvalidArgument("cpu_attention: q, k must be [B, L, H, D]");
-  *d = Dims{(int)qd[0], (int)qd[1], (int)kd[1], (int)qd[2], (int)qd[3]};
+  *d = Dims{(int)qd[0], (int)qd[1], (int)kd[1], (int)qd[2], (int)qd[3], causal};
   for (auto [lists, len] : {std::pair{like_q, d->Lq}, std::pair{like_k, d->Lk}})
     for (auto [name, x] : lists) {
       auto xd = x->dimensions();
@@ -260,9 +265,10 @@ ffi::Error decode(const F32& q, const F32& k, std::initializer_list<std::pair<co
 
 const uint8_t* bytes(const Pred& x) { return reinterpret_cast<const uint8_t*>(x.typed_data()); }
 
-ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, Pred key_mask, S32 key_seg, S32 query_seg, Out o, Out p) {
+ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, Pred key_mask, S32 key_seg, S32 query_seg, Out o, Out p,
+                   int32_t causal) {
   Dims d;
-  if (auto e = decode(q, k, {}, {{"k", &k}, {"v", &v}}, &d); e.failure()) return e;
+  if (auto e = decode(q, k, {}, {{"k", &k}, {"v", &v}}, causal != 0, &d); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const uint8_t* km = bytes(key_mask);
   const int32_t *ks = key_seg.typed_data(), *qs = query_seg.typed_data();
@@ -277,9 +283,9 @@ ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, Pred key_mask, S32
 }
 
 ffi::Error Backward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o, F32 dout, F32 p, Pred key_mask, S32 key_seg,
-                    S32 query_seg, Out dq, Out dk, Out dv) {
+                    S32 query_seg, Out dq, Out dk, Out dv, int32_t causal) {
   Dims d;
-  if (auto e = decode(q, k, {{"o", &o}, {"dout", &dout}}, {{"v", &v}}, &d); e.failure()) return e;
+  if (auto e = decode(q, k, {{"o", &o}, {"dout", &dout}}, {{"v", &v}}, causal != 0, &d); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data(), *opp = o.typed_data(),
               *dop = dout.typed_data(), *pp = p.typed_data();
   const uint8_t* km = bytes(key_mask);
@@ -298,9 +304,11 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o, F32 dout, 
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RjCpuAttentionFwd, Forward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<Pred>().Arg<S32>().Arg<S32>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+                                  .Arg<Pred>().Arg<S32>().Arg<S32>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("causal"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RjCpuAttentionBwd, Backward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
                                   .Arg<F32>().Arg<F32>().Arg<Pred>().Arg<S32>().Arg<S32>()
-                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("causal"));

@@ -24,6 +24,7 @@ import tempfile
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
@@ -98,20 +99,24 @@ def available() -> bool:
 
 
 def forward(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, key_seg: jax.Array,
-            query_seg: jax.Array) -> tuple[jax.Array, jax.Array]:
+            query_seg: jax.Array, causal: bool = False) -> tuple[jax.Array, jax.Array]:
   """q [B, Lq, H, D] (rotated, scaled), k, v [B, Lk, H, D], key_mask [B, Lk] bool, key_seg [B, Lk] and
-  query_seg [B, Lq] int32 -> (o [B, Lq, H, D], p [B, H, Lq, Lk]), all float32."""
+  query_seg [B, Lq] int32 -> (o [B, Lq, H, D], p [B, H, Lq, Lk]), all float32. The ids are segment ids
+  (a key is visible where they are equal) or, with `causal`, causal ids (where the key's is <= the query's)."""
   b, lq, h, _ = q.shape
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, lq, k.shape[1]), jnp.float32))
-  return jax.ffi.ffi_call(_FWD, out, vmap_method="sequential")(q, k, v, key_mask, key_seg, query_seg)
+  return jax.ffi.ffi_call(_FWD, out, vmap_method="sequential")(q, k, v, key_mask, key_seg, query_seg,
+                                                               causal=np.int32(causal))
 
 
-def backward(q, k, v, o, dout, p, key_mask, key_seg, query_seg) -> tuple[jax.Array, jax.Array, jax.Array]:
+def backward(q, k, v, o, dout, p, key_mask, key_seg, query_seg,
+             causal: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """-> (dS K, dS^T q, P^T dO): the gradients with respect to the rotated, scaled q (before the 1/sqrt(d)
   of the chain rule is applied: the caller does), k and v."""
   out = (jax.ShapeDtypeStruct(q.shape, jnp.float32), jax.ShapeDtypeStruct(k.shape, jnp.float32),
          jax.ShapeDtypeStruct(v.shape, jnp.float32))
-  return jax.ffi.ffi_call(_BWD, out, vmap_method="sequential")(q, k, v, o, dout, p, key_mask, key_seg, query_seg)
+  return jax.ffi.ffi_call(_BWD, out, vmap_method="sequential")(q, k, v, o, dout, p, key_mask, key_seg, query_seg,
+                                                               causal=np.int32(causal))
 
 
 if __name__ == "__main__":
