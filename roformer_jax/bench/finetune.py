@@ -192,7 +192,9 @@ def main(argv=None) -> None:
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--types", type=int, default=3, help="ner: entity types")
   p.add_argument("--source", type=int, default=64, help="unilm: source tokens (the rest are the target)")
-  p.add_argument("--attention", default="softmax", help="our attention variant")
+  p.add_argument("--attention", default="softmax",
+                 help="our attention variant; a comma list times each (as bench train's --ours: softmax:xla is "
+                      "XLA's softmax without the fused CPU kernel); ratios are the first one's")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype for everyone (params and optimiser stay float32)")
   p.add_argument("--peers", default="roformer", help="comma list of roformer, roformer-compile ('' = none)")
@@ -201,11 +203,15 @@ def main(argv=None) -> None:
   a = p.parse_args(argv)
   import jax
   import roformer_jax as rj
-  cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, attention=a.attention,
-                      dtype=a.dtype)
+  from roformer_jax.bench.train import parse_variant
+  variants = a.attention.split(",")
+  cfg = rj.get_config(a.preset, hidden_dropout=0.0, attention_dropout=0.0, dtype=a.dtype)
   b = make_batch(a.task, cfg.vocab_size, a.batch, a.seq, a.types, a.source)
-  runs = {"ours": setup_ours(a.task, cfg, b, a.types, a.source)}
-  runs["ours"]()
+  runs = {}
+  for i, spec in enumerate(variants):
+    name = "ours" if i == 0 else f"ours {spec}"
+    runs[name] = setup_ours(a.task, parse_variant(spec, cfg), b, a.types, a.source)
+    runs[name]()
   for peer in [x for x in a.peers.split(",") if x]:
     if peer not in ("roformer", "roformer-compile"):
       p.error(f"--peers: unknown peer {peer!r}")
@@ -219,9 +225,10 @@ def main(argv=None) -> None:
          "tokens_per_s": {n: round(tokens / s, 1) for n, s in step.items()},
          "step_ms": {n: round(1e3 * s, 1) for n, s in step.items()}}
   for peer in [n for n in runs if n != "ours"]:
-    out[f"ours_over_{peer}"] = round(step[peer] / step["ours"], 2)
+    key = peer.replace(" ", "_")
+    out[f"ours_over_{key}"] = round(step[peer] / step["ours"], 2)
     by_round = [statistics.median(times[peer][r]) / statistics.median(times["ours"][r]) for r in range(a.rounds)]
-    out[f"ours_over_{peer}_by_round"] = [round(x, 2) for x in by_round]
+    out[f"ours_over_{key}_by_round"] = [round(x, 2) for x in by_round]
   out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
   if a.task == "ner":
     out["types"] = a.types
