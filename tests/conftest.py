@@ -7,6 +7,12 @@ import pytest
 # Plain CPU JAX (see the Makefile's test target for why), and transformers without TensorFlow.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("USE_TF", "0")
+# Tests check results, not speed, and much of their time is XLA compiling tiny programs: LLVM without its
+# expensive passes compiles them faster. Values agree to float32 rounding, not bitwise (a tiny model's
+# gradients: 1.8e-7 relative at most), well inside the tests' tolerances. The
+# suite: 1,131 -> 946 s of test time on 2 cores (docs/BENCHMARKS.md). Tests that set their own XLA_FLAGS for a
+# device count, and `make pretrain`/`make finetune`, keep XLA's full optimisation.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 # The CLI tests start many short processes that compile the same tiny steps: share compilations.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                                                 "roformer_jax_test_xla_cache"))
