@@ -32,3 +32,13 @@ def test_finetune_bench_runs_both_sides_in_bfloat16(capsys):
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert out["dtype"] == "bfloat16" and set(out["tokens_per_s"]) == {"ours", "roformer"}
   assert len(out["ours_over_roformer_by_round"]) == 2 and out["ours_over_roformer"] > 0
+
+
+def test_finetune_bench_ner_runs_against_bert4torch(capsys):
+  """The NER step's PyTorch side is the port's encoder plus bert4torch's GlobalPointer and loss."""
+  from roformer_jax.bench import finetune as bench_finetune
+  bench_finetune.main(["--task", "ner", "--types", "2", "--preset", "tiny", "--seq", "16", "--batch", "2",
+                       "--rounds", "1", "--repeats", "1"])
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert out["task"] == "ner" and set(out["tokens_per_s"]) == {"ours", "roformer"}
+  assert out["ours_over_roformer"] > 0

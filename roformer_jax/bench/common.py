@@ -76,3 +76,24 @@ def today() -> str:
 
 def parse_ints(text: str) -> list[int]:
   return [int(x) for x in text.split(",") if x]
+
+
+def bert4torch_heads():
+  """bert4torch's `layers.global_point` and `losses` modules (the PyTorch GlobalPointer reference), loaded from
+  their own files without running the package's `__init__`: that imports every model it ships, and through
+  them torchvision, whose PyPI wheel needs CUDA libraries a CPU build of torch does not have. The two files
+  import only torch, numpy and `bert4torch.snippets`, so what runs is bert4torch's own code."""
+  import importlib
+  import importlib.util
+  import sys
+  import types
+  spec = importlib.util.find_spec("bert4torch")
+  if spec is None:
+    raise ModuleNotFoundError("bert4torch is not installed (pip install -e '.[test]')")
+  root = spec.submodule_search_locations[0]
+  for name, path in (("bert4torch", root), ("bert4torch.layers", os.path.join(root, "layers"))):
+    if name not in sys.modules:  # a bare package: its submodules load from their files
+      package = types.ModuleType(name)
+      package.__path__ = [path]
+      sys.modules[name] = package
+  return importlib.import_module("bert4torch.layers.global_point"), importlib.import_module("bert4torch.losses")

@@ -10,8 +10,8 @@ Tasks (each side: forward, loss, backward, AdamW update; dropout 0; float32 unle
   port's `RoFormerForSequenceClassification` (its head has one more hidden x hidden dense: counted in its favour).
 * ner: the encoder + GlobalPointer over `--types` types, head size 64, RoPE and the lower-triangle mask, dense
   labels and the multilabel categorical CE (`heads.EncoderPointer`, `losses.global_pointer_crossentropy`)
-  against the port's `RoFormerModel` plus the same head and loss written below in PyTorch (bert4torch's
-  GlobalPointer computes the same thing; it is not a dependency here).
+  against the port's `RoFormerModel` plus bert4torch's `GlobalPointer` and `MultilabelCategoricalCrossentropy`
+  over [B * types, L * L], as bert4torch's NER example trains (tests/test_extraction_bert4torch.py: the same values).
 * unilm: the MLM model under the UniLM mask (the first `--source` tokens segment 0, the rest segment 1) with
   bert4keras's seq2seq CE over the target tokens, against the port's `RoFormerForMaskedLM` given the same mask as
   a [B, L, L] attention mask and the same loss over its full logits. Ours runs the loss as the pinyin task
@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import interleaved_times, machine, today
+from roformer_jax.bench.common import bert4torch_heads, interleaved_times, machine, today
 
 TASKS = ("classify", "ner", "unilm")
 
@@ -111,32 +110,6 @@ def setup_ours(task: str, cfg, b: dict, types: int, source: int = 64) -> Callabl
     return run
 
 
-def _torch_pointer_loss(torch, hidden, dense, spans, types: int, head_size: int):
-  """GlobalPointer (interleaved RoPE, lower-triangle mask, scores / sqrt(d)) and the multilabel CE in PyTorch."""
-  bsz, length, _ = hidden.shape
-  qk = dense(hidden).view(bsz, length, types, 2, head_size)
-  q, k = qk[..., 0, :], qk[..., 1, :]
-  pos = torch.arange(length, dtype=torch.float32, device=hidden.device)[:, None]
-  theta = torch.pow(10000.0, -2 * torch.arange(head_size // 2, dtype=torch.float32, device=hidden.device) / head_size)
-  angle = pos * theta  # [L, d/2]
-  cos, sin = angle.cos().repeat_interleave(2, -1)[:, None], angle.sin().repeat_interleave(2, -1)[:, None]
-
-  def rotate(x):
-    x2 = torch.stack([-x[..., 1::2], x[..., 0::2]], -1).reshape(x.shape)
-    return x * cos + x2 * sin
-  q, k = rotate(q), rotate(k)
-  scores = torch.einsum("bmhd,bnhd->bhmn", q, k) / math.sqrt(head_size)
-  tril = torch.tril(torch.ones(length, length, dtype=torch.bool, device=hidden.device), -1)
-  scores = scores.masked_fill(tril, -1e12)
-  y_true = spans.reshape(bsz * types, -1)
-  y_pred = scores.reshape(bsz * types, -1)
-  y_pred = (1 - 2 * y_true) * y_pred
-  neg = y_pred - y_true * 1e12
-  pos_ = y_pred - (1 - y_true) * 1e12
-  zeros = torch.zeros_like(y_pred[..., :1])
-  return (torch.logsumexp(torch.cat([neg, zeros], -1), -1) + torch.logsumexp(torch.cat([pos_, zeros], -1), -1)).mean()
-
-
 def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> Callable[[], None]:
   """The `roformer` port's model for the task, with the same loss, AdamW, on the CPU; with a bfloat16 `cfg.dtype`
   the forward and loss run under `torch.autocast("cpu", torch.bfloat16)` (float32 weights and optimiser)."""
@@ -152,12 +125,16 @@ def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> C
     model = roformer.RoFormerForSequenceClassification(pcfg)
     loss = lambda m: m(input_ids=t["input_ids"], attention_mask=t["attention_mask"], labels=t["labels"]).loss
   elif task == "ner":
-    encoder = roformer.RoFormerModel(pcfg)
-    model = torch.nn.ModuleDict({"encoder": encoder, "dense": torch.nn.Linear(cfg.hidden_size, types * 2 * 64)})
+    pointer, b4t_losses = bert4torch_heads()
+    head = pointer.GlobalPointer(cfg.hidden_size, types, 64, RoPE=True, tril_mask=True)
+    model = torch.nn.ModuleDict({"encoder": roformer.RoFormerModel(pcfg), "pointer": head})
+    mce = b4t_losses.MultilabelCategoricalCrossentropy()
 
     def loss(m):
       h = m["encoder"](input_ids=t["input_ids"], attention_mask=t["attention_mask"])[0]
-      return _torch_pointer_loss(torch, h, m["dense"], t["spans"], types, 64)
+      scores = m["pointer"](h, t["attention_mask"])
+      rows = scores.shape[0] * types
+      return mce(scores.reshape(rows, -1), t["spans"].reshape(rows, -1))
   else:
     model = roformer.RoFormerForMaskedLM(pcfg)
     types_ = t["token_type_ids"]
