@@ -156,3 +156,8 @@ def test_sparse_multilabel_loss_matches_bert4torch(mask_zero):
   grad = jax.grad(lambda s: losses.sparse_multilabel_categorical_crossentropy(y_true, s, mask_zero).sum())(y_pred)
   np.testing.assert_allclose(grad, tp.grad.numpy(), **TOL)
   assert np.isclose(ours[1, 0], want[1, 0].item(), rtol=1e-5) and want[1, 0].item() > 0
+
+
+def test_the_loader_serves_a_process_twice():
+  """A second call (another test file in the same pytest worker) returns the same modules."""
+  assert bert4torch_heads() == (_pointer, _b4t_losses)

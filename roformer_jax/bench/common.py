@@ -87,13 +87,13 @@ def bert4torch_heads():
   import importlib.util
   import sys
   import types
-  spec = importlib.util.find_spec("bert4torch")
-  if spec is None:
-    raise ModuleNotFoundError("bert4torch is not installed (pip install -e '.[test]')")
-  root = spec.submodule_search_locations[0]
-  for name, path in (("bert4torch", root), ("bert4torch.layers", os.path.join(root, "layers"))):
-    if name not in sys.modules:  # a bare package: its submodules load from their files
-      package = types.ModuleType(name)
+  if "bert4torch" not in sys.modules:  # once per process (the bare package below has no spec to find again)
+    spec = importlib.util.find_spec("bert4torch")
+    if spec is None:
+      raise ModuleNotFoundError("bert4torch is not installed (pip install -e '.[test]')")
+    root = spec.submodule_search_locations[0]
+    for name, path in (("bert4torch", root), ("bert4torch.layers", os.path.join(root, "layers"))):
+      package = types.ModuleType(name)  # a bare package: its submodules load from their files
       package.__path__ = [path]
       sys.modules[name] = package
   return importlib.import_module("bert4torch.layers.global_point"), importlib.import_module("bert4torch.losses")
