@@ -25,20 +25,21 @@ def test_train_bench_prints_ratios_by_round(capsys):
   assert len(out["ours_over_best_peer_by_round"]) == 2 and out["ours_over_best_peer"] > 0
 
 
-def test_finetune_bench_runs_both_sides_in_bfloat16(capsys):
+def _finetune_bench(capsys, *args: str) -> dict:
+  """The JSON line of `bench finetune` on the tiny preset, one timed step per round."""
   from roformer_jax.bench import finetune as bench_finetune
-  bench_finetune.main(["--task", "classify", "--preset", "tiny", "--seq", "32", "--batch", "2", "--rounds", "2",
-                       "--repeats", "1", "--dtype", "bfloat16"])
-  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  bench_finetune.main(["--preset", "tiny", "--batch", "2", "--repeats", "1", *args])
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_finetune_bench_runs_both_sides_in_bfloat16(capsys):
+  out = _finetune_bench(capsys, "--task", "classify", "--seq", "32", "--rounds", "2", "--dtype", "bfloat16")
   assert out["dtype"] == "bfloat16" and set(out["tokens_per_s"]) == {"ours", "roformer"}
   assert len(out["ours_over_roformer_by_round"]) == 2 and out["ours_over_roformer"] > 0
 
 
 def test_finetune_bench_ner_runs_against_bert4torch(capsys):
   """The NER step's PyTorch side is the port's encoder plus bert4torch's GlobalPointer and loss."""
-  from roformer_jax.bench import finetune as bench_finetune
-  bench_finetune.main(["--task", "ner", "--types", "2", "--preset", "tiny", "--seq", "16", "--batch", "2",
-                       "--rounds", "1", "--repeats", "1"])
-  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  out = _finetune_bench(capsys, "--task", "ner", "--types", "2", "--seq", "16", "--rounds", "1")
   assert out["task"] == "ner" and set(out["tokens_per_s"]) == {"ours", "roformer"}
   assert out["ours_over_roformer"] > 0

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import importlib
+import importlib.util
 import os
 import platform
 import statistics
+import sys
 import time
+import types
 from typing import Callable
 
 
@@ -83,10 +87,6 @@ def bert4torch_heads():
   their own files without running the package's `__init__`: that imports every model it ships, and through
   them torchvision, whose PyPI wheel needs CUDA libraries a CPU build of torch does not have. The two files
   import only torch, numpy and `bert4torch.snippets`, so what runs is bert4torch's own code."""
-  import importlib
-  import importlib.util
-  import sys
-  import types
   if "bert4torch" not in sys.modules:  # once per process (the bare package below has no spec to find again)
     spec = importlib.util.find_spec("bert4torch")
     if spec is None:
