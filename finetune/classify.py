@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from roformer_jax.config import ConfigError
-from roformer_jax.train.task import Log, Task
+from roformer_jax.train.task import Log, Task, fixed_seq_len
 
 
 def encode(tokenizer, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
@@ -31,7 +31,7 @@ class ClassifyTask(Task):
 
   def __init__(self, cfg):
     self.cfg = cfg
-    self.seq_len = cfg.seq_len
+    self.seq_len = fixed_seq_len(cfg)
     if cfg.pooling not in ("first", "mean", "max"):
       raise ConfigError(f"config.pooling: unknown pooling {cfg.pooling!r}; expected first, mean or max")
     for key in ("train", "dev"):
@@ -56,10 +56,13 @@ class ClassifyTask(Task):
     if len(self.labels) < 2:
       raise ConfigError(f"config.data.labels: a classifier needs at least 2 labels, got {self.labels} "
                         f"(from {'config.data.labels' if data.labels else data.train})")
+    source = "config.data.labels" if data.labels else (  # a stray tab in train makes a label: show where
+        f"the labels of {data.train}, first at " + ", ".join(
+            f"{label!r}: line {n}" for label, n in sorted(labeled.first_lines(splits["train"]).items())))
     self.splits = {}
     for key, examples in splits.items():
       arrays = encode(tokenizer, [e.text for e in examples], self.seq_len)
-      arrays["labels"] = np.asarray(labeled.label_ids(examples, self.labels, data[key]), np.int32)
+      arrays["labels"] = np.asarray(labeled.label_ids(examples, self.labels, data[key], source), np.int32)
       self.splits[key] = arrays
     self.texts = {key: [e.text for e in examples] for key, examples in splits.items()}
     self.train_size = len(splits["train"])

@@ -27,7 +27,7 @@ import numpy as np
 
 from finetune.pointer_task import PointerTask, Split, check_limits, padded_rows, set_rows
 from roformer_jax.config import ConfigError
-from roformer_jax.train.task import Log
+from roformer_jax.train.task import Log, fixed_seq_len
 
 HEADS = ("gp", "egp")
 GROUPS = ("entity", "head", "tail")  # relation label arrays; events use ARGUMENT_GROUPS
@@ -100,7 +100,7 @@ class _GPLinkerTask(PointerTask):
 
   def __init__(self, cfg):
     self.cfg = cfg
-    self.seq_len = cfg.seq_len
+    self.seq_len = fixed_seq_len(cfg)
     if cfg.head not in HEADS:
       raise ConfigError(f"config.head: unknown head {cfg.head!r}; expected one of {HEADS}")
     if cfg.head_size <= 0 or cfg.head_size % 2:

@@ -36,6 +36,10 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
     if name in results or not run_missing:
       continue
     summary = {"run": name, **overrides, **fn(make_config(**overrides), out / name)}
+    if summary.get("preempted"):  # saved, not finished: never a result; the same command resumes it
+      from roformer_jax.train.cli import PREEMPTED
+      print(f"{name}: preempted at step {summary.get('step')}; rerun the same command to resume", flush=True)
+      raise SystemExit(PREEMPTED)
     with open(log, "a") as f:  # one line per finished run: a crash loses at most the run under way
       f.write(json.dumps(summary) + "\n")
     results[name] = summary

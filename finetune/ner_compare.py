@@ -34,6 +34,8 @@ def compare(cfg, workdir: str | Path) -> dict[str, Any]:
     run_cfg.from_scratch = scratch
     start = time.perf_counter()
     summary = run(run_cfg, workdir / name)
+    if summary.get("preempted"):  # stop here; the same command resumes this run, then the next
+      return {**summary, "run": name}
     prefix = "scratch_" if scratch else ""
     keys = ["test_f1", "test_precision", "test_recall", "dev_f1", "best_step", "step"]
     out.update({prefix + k: summary.get(k) for k in keys})
@@ -48,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -17,12 +17,16 @@ from typing import Any
 import numpy as np
 
 from roformer_jax.config import ConfigError
-from roformer_jax.train.task import Log, Task
+from roformer_jax.train.task import Log, Task, fixed_seq_len
 
 
 def resolve_pattern(pattern: str) -> str:
   """A pattern string, or the name of one of the post's five (P1..P5)."""
+  from roformer_jax.config import ConfigError
   from roformer_jax.pet import patterns
+  if pattern not in patterns.SENTIMENT_PATTERNS and "{" not in pattern and len(pattern) <= 3:  # e.g. 'P9'
+    raise ConfigError(f"config.pattern = {pattern!r}: not a pattern name ({', '.join(patterns.SENTIMENT_PATTERNS)}) "
+                      "nor a pattern with {text} and a blank")
   return patterns.SENTIMENT_PATTERNS.get(pattern, pattern)
 
 
@@ -49,7 +53,7 @@ class PetTask(Task):
   def __init__(self, cfg):
     from roformer_jax.pet import batches
     self.cfg = cfg
-    self.seq_len = cfg.seq_len
+    self.seq_len = fixed_seq_len(cfg)
     if cfg.regime not in batches.REGIMES:
       raise ConfigError(f"config.regime = {cfg.regime!r}; expected one of {list(batches.REGIMES)}")
     self.trains = cfg.regime != "zero_shot"

@@ -66,11 +66,16 @@ def baseline_config(cfg, paths: dict[str, str]):
 
 
 def run(cfg, workdir: str | Path) -> dict[str, Any]:
+  if cfg.get("task") != "pet":
+    raise ConfigError(f"config.task is {cfg.get('task')!r}; finetune.pet_compare runs the pet task "
+                      "(finetune/configs/pet.py)")
   if cfg.regime not in ("few_shot", "semi_supervised"):
     raise ConfigError(f"config.regime = {cfg.regime!r}: the [CLS] baseline needs labels "
                       "(few_shot or semi_supervised); use finetune.run for the other regimes")
   workdir = Path(workdir).expanduser().absolute()
   pet = finetune_run.run(cfg, workdir / "pet")
+  if pet.get("preempted"):  # stop here; the same command resumes PET, then trains the baseline
+    return pet
   baseline = finetune_run.run(baseline_config(cfg, write_labels(cfg, workdir / "labels")), workdir / "cls")
   return {**pet, "pet_workdir": str(workdir / "pet"), "baseline_workdir": str(workdir / "cls"),
           "baseline_dev_accuracy": baseline["dev_accuracy"], "baseline_test_accuracy": baseline["test_accuracy"],
@@ -83,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

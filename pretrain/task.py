@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from roformer_jax.train.task import Log, Task
+from roformer_jax.train.task import Log, Task, fixed_seq_len
 
 
 def model_config(cfg):
@@ -25,7 +25,7 @@ class PretrainTask(Task):
 
   def __init__(self, cfg):
     self.cfg = cfg
-    self.seq_len = cfg.seq_len
+    self.seq_len = fixed_seq_len(cfg)
 
   def prepare(self, local_dir: Path, log: Log) -> None:
     from pretrain import data as data_lib

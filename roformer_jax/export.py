@@ -311,6 +311,8 @@ def export_hf(model_cfg: ModelConfig, params: dict, vocab_file_or_tokenizer: Any
   with a collective); only process 0 writes.
   """
   cfg = model_cfg
+  if max_shard_size < 1:  # 0 would silently write one file per tensor
+    raise ValueError(f"max_shard_size must be at least 1 byte, got {max_shard_size}")
   check_exportable(cfg, tf)
   with_mlm, plan = _plan(cfg, params)
   out = Path(out_dir).absolute()
@@ -372,7 +374,43 @@ def parse_size(text: str) -> int:
             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
   if unit not in powers:
     raise argparse.ArgumentTypeError(f"unknown size unit in {text!r}")
-  return int(float(m.group(1)) * powers[unit])
+  size = int(float(m.group(1)) * powers[unit])
+  if size < 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a positive size")
+  return size
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+  return value
+
+
+def _check_cli_paths(source: Path, out: Path, vocab: str | None) -> str | None:
+  """The first problem with --from, --vocab or --to, or None; checked before the (slow) checkpoint load."""
+  if not source.expanduser().exists():
+    return f"--from {source}: does not exist"
+  if not source.expanduser().is_dir():
+    return f"--from {source}: not a checkpoint folder (it is a file)"
+  if vocab is not None and not Path(vocab).is_file():
+    return f"--vocab {vocab}: {'not a file' if Path(vocab).exists() else 'does not exist'}"
+  if out.exists() and not out.is_dir():
+    return f"--to {out}: an existing file, not a folder"
+  parent = out.absolute().parent
+  while not parent.exists():
+    parent = parent.parent
+  if not parent.is_dir():
+    return f"--to {out}: {parent} is a file, not a folder"
+  # Permissions alone do not tell (root, read-only mounts, /sys): try the temporary sibling the export makes.
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".roformer-export-probe-", dir=parent))
+  except OSError as e:
+    return f"--to {out}: cannot write in {parent} ({e.strerror or e})"
+  return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,10 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--vocab", metavar="FILE", help="vocab.txt to ship (default: the one in DIR or its parent)")
   parser.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
                       help="bytes per safetensors file, e.g. 5GB (default) or 500MB")
-  parser.add_argument("--max-position-embeddings", type=int, default=None, metavar="N",
+  parser.add_argument("--max-position-embeddings", type=_positive_int, default=None, metavar="N",
                       help="the ports' position table size (default: from DIR's config, else 512)")
   parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   args = parser.parse_args(argv)
+  problem = _check_cli_paths(Path(args.source), Path(args.out), args.vocab)
+  if problem:
+    print(f"roformer-export: error: {problem}", file=sys.stderr)
+    return 2
 
   from roformer_jax import from_pretrained, startup
   startup.quiet_tpu_probe()  # before JAX starts its backends (this module imports JAX, which is fine)

@@ -2,7 +2,10 @@
 
 import json
 
-from roformer_jax.bench import common, train as bench_train
+import pytest
+
+from roformer_jax.bench import __main__ as bench_main, common, train as bench_train
+from roformer_jax.config import PRESETS, known_attention
 
 
 def test_rounds_interleave_and_rotate():
@@ -43,3 +46,54 @@ def test_finetune_bench_ner_runs_against_bert4torch(capsys):
   out = _finetune_bench(capsys, "--task", "ner", "--types", "2", "--seq", "16", "--rounds", "1")
   assert out["task"] == "ner" and set(out["tokens_per_s"]) == {"ours", "roformer"}
   assert out["ours_over_roformer"] > 0
+
+
+def _bench_error(capsys, *argv: str) -> str:
+  """The error line of `python -m roformer_jax.bench ARGV` (run in-process: no re-exec), which must exit 2."""
+  with pytest.raises(SystemExit) as e:
+    bench_main.main(list(argv))
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert all(line.startswith(("usage:", " ")) for line in err[:-1]), err  # argparse's usage, then one line
+  return err[-1]
+
+
+def test_unknown_preset_is_one_line(capsys):
+  """The dispatcher turns a ConfigError into its message (before forward imports torch or builds a model)."""
+  for argv in (("forward", "--no-peer"), ("train",)):
+    assert _bench_error(capsys, *argv, "--preset", "nope", "--seq", "16") \
+        == f"roformer-bench {argv[0]}: error: unknown preset 'nope'; known presets: {sorted(PRESETS)}"
+
+
+def test_integer_options_are_checked_by_argparse(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # attention would create ./bench_out before running
+  assert _bench_error(capsys, "forward", "--preset", "tiny", "--seq", "abc", "--no-peer") \
+      == "roformer-bench forward: error: argument --seq: not an integer: 'abc'"
+  assert _bench_error(capsys, "forward", "--preset", "tiny", "--seq", "16", "--batch", "0", "--no-peer") \
+      == "roformer-bench forward: error: argument --batch: must be at least 1, got 0"
+  for argv, flag in [(("forward", "--seq", "16,0"), "--seq"), (("forward", "--repeats", "-1"), "--repeats"),
+                     (("train", "--rounds", "0"), "--rounds"), (("train", "--predictions", "-1"), "--predictions"),
+                     (("finetune", "--types", "0"), "--types"), (("decode", "--beam", "0"), "--beam"),
+                     (("teaforn", "--n", "1,0"), "--n"), (("attention", "--lengths", "128,x"), "--lengths"),
+                     (("attention", "--batch", "0"), "--batch"), (("aot", "--topology", "v5e:2x2", "--batch", "0"),
+                                                                  "--batch"),
+                     (("tokenizer", "--repeats", "0"), "--repeats"), (("matmul", "--shape", "4,0,4"), "--shape")]:
+    assert f"error: argument {flag}: " in _bench_error(capsys, *argv), argv
+  assert not (tmp_path / "bench_out").exists()
+
+
+def test_attention_rejects_unknown_variants_up_front(capsys, tmp_path, monkeypatch):
+  from roformer_jax.bench import attention as bench_attention
+  monkeypatch.chdir(tmp_path)
+  line = _bench_error(capsys, "attention", "--variants", "softmax,nope")
+  assert line.endswith("error: --variants: unknown 'nope' (known: blockwise, dot_product, linear, pallas, "
+                       "softmax, splash)")
+  line = _bench_error(capsys, "attention", "--layer-variants", "rest,bogus")
+  assert line.endswith(f"error: --layer-variants: unknown 'bogus' (known: rest, {', '.join(known_attention())})")
+  assert _bench_error(capsys, "attention", "--modes", "bwd").endswith("error: --modes: unknown 'bwd' (known: fwd, "
+                                                                      "fwd_bwd)")
+  assert "--variants: unknown 'nope'" in _bench_error(capsys, "attention", "--train-step", "--variants", "nope")
+  assert not (tmp_path / "bench_out").exists()
+  # A known variant is accepted even where it cannot run (splash off TPU): that stays an "unsupported" row.
+  args = bench_attention.parse_args(["--variants", "splash", "--layer-variants", "gau", "--lengths", "16"])
+  assert (args.variants, args.lengths) == ("splash", [16])

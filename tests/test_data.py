@@ -498,3 +498,13 @@ def test_labeled_files_and_label_ids(tmp_path):
   assert labeled.label_ids(tsv, ["neg", "pos"], "a.tsv") == [1, 0]
   with pytest.raises(sources.DataError, match=r"^a.tsv:3: label 'neg' is not one of \['pos'\]"):
     labeled.label_ids(tsv, ["pos"], "a.tsv")
+  assert labeled.first_lines(tsv) == {"pos": 1, "neg": 3}
+  with pytest.raises(sources.DataError, match=r"^a.tsv:3: label 'neg' is not one of \['pos'\] \(from x.tsv\)$"):
+    labeled.label_ids(tsv, ["pos"], "a.tsv", "from x.tsv")
+  with pytest.raises(IsADirectoryError, match=f"^{tmp_path}: a folder, not a data file$"):
+    labeled.read_labeled(tmp_path)
+  with pytest.raises(NotADirectoryError, match=f"^corpus folder {tmp_path / 'a.tsv'} is a file; give the folder"):
+    sources.text_files(tmp_path / "a.tsv")
+  (tmp_path / "empty.tsv").write_text("\n \n", encoding="utf-8")
+  with pytest.raises(sources.DataError, match=f"^{tmp_path / 'empty.tsv'}: no examples \\(the file is empty or blank\\)$"):
+    labeled.read_labeled(tmp_path / "empty.tsv")

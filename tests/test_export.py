@@ -343,10 +343,47 @@ def test_cli_errors(port_folders, tmp_path, capsys):
   assert export.main(["--from", str(bare), "--to", str(tmp_path / "o"), "--vocab", str(vocab)]) == 0
   assert export.main(["--from", str(bare), "--to", str(tmp_path / "o"), "--vocab", str(vocab)]) == 1
   assert "o already exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
-  assert export.main(["--from", str(tmp_path / "none"), "--to", str(tmp_path / "p"), "--vocab", str(vocab)]) == 1
-  assert "none: not a checkpoint folder" in capsys.readouterr().err
+  assert export.main(["--from", str(tmp_path / "none"), "--to", str(tmp_path / "p"), "--vocab", str(vocab)]) == 2
+  assert f"--from {tmp_path / 'none'}: does not exist" in capsys.readouterr().err
   with pytest.raises(SystemExit):
     export.main(["--from", str(bare), "--to", str(tmp_path / "q"), "--max-shard-size", "5 parsecs"])
   assert "not a size: '5 parsecs'" in capsys.readouterr().err
   assert export.parse_size("5GB") == 5 * 10**9 and export.parse_size("64KiB") == 65536
   assert export.parse_size("1000") == 1000
+
+
+def test_cli_bad_paths_and_sizes_fail_in_one_line_before_loading(tmp_path, capsys, monkeypatch):
+  """Each bad flag: exit 2 and one `roformer-export: error:` line naming it; nothing is loaded or written."""
+  src, plain = tmp_path / "src", tmp_path / "plain.txt"
+  src.mkdir()  # an empty folder: the checks run before from_pretrained would reject it
+  plain.write_text("x")
+
+  def error(*args: str) -> str:
+    assert export.main(["--from", str(src), "--to", str(tmp_path / "out"), *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roformer-export: error: "), lines
+    return lines[0]
+
+  assert error("--from", str(tmp_path / "nonexist")).endswith(f"--from {tmp_path / 'nonexist'}: does not exist")
+  assert error("--from", str(plain)).endswith(f"--from {plain}: not a checkpoint folder (it is a file)")
+  assert error("--vocab", str(tmp_path / "v.txt")).endswith(f"--vocab {tmp_path / 'v.txt'}: does not exist")
+  assert error("--to", str(plain), "--overwrite").endswith(f"--to {plain}: an existing file, not a folder")
+  assert error("--to", str(plain / "x" / "y")).endswith(f"--to {plain / 'x' / 'y'}: {plain} is a file, not a folder")
+
+  def refuse(*args, **kwargs):  # what /sys or a read-only mount answers (a chmod does not stop root)
+    raise PermissionError(1, "Operation not permitted")
+  with monkeypatch.context() as m:
+    m.setattr(export.tempfile, "mkdtemp", refuse)
+    assert error("--to", str(tmp_path / "a" / "b")).endswith(
+        f"--to {tmp_path / 'a' / 'b'}: cannot write in {tmp_path} (Operation not permitted)")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt", "src"]  # no probe folder left behind
+
+  for size in ("0", "-5", "0.1B"):  # argparse's own error: usage, then the line naming the flag
+    with pytest.raises(SystemExit) as e:
+      export.main(["--from", str(src), "--to", str(tmp_path / "out"), f"--max-shard-size={size}"])
+    assert e.value.code == 2 and "argument --max-shard-size:" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    export.main(["--from", str(src), "--to", str(tmp_path / "out"), "--max-position-embeddings", "0"])
+  assert "argument --max-position-embeddings: must be at least 1, got 0" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="max_shard_size must be at least 1 byte, got 0"):
+    export.export_hf(rj.get_config("tiny"), {}, None, tmp_path / "api", max_shard_size=0)

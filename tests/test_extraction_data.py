@@ -158,6 +158,17 @@ def test_cluener_bad_lines(tmp_path, label, why):
     readers.read_cluener(path)
 
 
+def test_a_line_without_labels_in_a_labelled_file_is_named(tmp_path):
+  """A train line that lost its "label" ("entities") would train as a sentence with no entities."""
+  path = _jsonl(tmp_path / "train.json", [CLUENER_ROW, {"text": "张三在北京"}, CLUENER_ROW])
+  with pytest.raises(DataError, match=f"^{path}:2: no 'label' field, which the file's other lines have$"):
+    readers.read_cluener(path)
+  path = tmp_path / "CMeEE_train.json"
+  path.write_text(json.dumps([{"text": "心悸。"}, {"text": "心悸。", "entities": []}]), encoding="utf-8")
+  with pytest.raises(DataError, match=f"^{path}:1: no 'entities' field, which the file's other lines have$"):
+    readers.read_cmeee(path)
+
+
 def test_cluener_lenient_mode_lists_dropped_spans(tmp_path):
   path = _jsonl(tmp_path / "train.json", [dict(CLUENER_ROW, label={"name": {"叶老": [[9, 11]], "叶老桂": [[9, 11]]}})])
   corpus = readers.read_cluener(path, strict=False)

@@ -217,6 +217,43 @@ def test_bad_inputs_end_in_one_line(init, tmp_path):
   cfg.data.labels = ("neg", "neutral")
   with pytest.raises(DataError, match=f"^{init[1] / 'train.tsv'}:\\d+: label 'pos' is not one of"):
     ClassifyTask(cfg).prepare(tmp_path, print)
+  # A stray tab in a training line makes its last field a label; the dev error says which line brought it.
+  stray = tmp_path / "stray.tsv"
+  stray.write_text("很好\tpos\n很差\tneg\textra\n", encoding="utf-8")
+  cfg.data.update(dict(train=str(stray), labels=()))
+  with pytest.raises(DataError, match=f"^{init[1] / 'dev.tsv'}:\\d+: label 'neg' is not one of \\['extra', 'pos'\\] "
+                                      f"\\(the labels of {stray}, first at 'extra': line 2, 'pos': line 1\\)$"):
+    ClassifyTask(cfg).prepare(tmp_path, print)
+
+
+def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
+  """What people mistype before any data is read: the config file, a --config key or value, the workdir.
+  Each is one line on stderr naming it, exit code 2, nothing written."""
+  syntax, a_file = tmp_path / "broken.py", tmp_path / "a_file"
+  syntax.write_text("def get_config(:\n", encoding="utf-8")
+  a_file.write_text("not a folder\n", encoding="utf-8")
+  config = str(ROOT / "finetune/configs/classify.py")
+  cases = [
+      ([config, "--config.stepz=2"],
+       'finetune.run: error: --config.stepz: no such config key (Did you mean "steps" instead of "stepz"?)'),
+      ([config, "--config.mesh.foo=1"], "finetune.run: error: --config.mesh.foo: no such config key"),
+      ([str(tmp_path / "nope.py")], "finetune.run: error: --config: cannot load the config file: "
+                                    f"No such file or directory: '{tmp_path / 'nope.py'}'"),
+      ([str(syntax)], f"finetune.run: error: {syntax}:1: invalid syntax (the --config file)"),
+      ([str(ROOT / "finetune/configs/clue.py:foo")], "finetune.run: error: config.clue.task: unknown CLUE task "
+                                                    "'foo'; expected one of afqmc, tnews, iflytek, ocnli, cmnli, "
+                                                    "csl, cluewsc, c3, chid, cmrc2018, cluener"),
+      ([config, "--config.steps=-1"], "finetune: error: config.steps = -1 must be an integer >= 0"),
+      ([config, "--config.batch_size=0"], "finetune: error: config.batch_size = 0 must be an integer >= 1"),
+      ([config, "--config.optimizer.learning_rate=-1e-3"],
+       "finetune: error: config.optimizer.learning_rate = -0.001 must be > 0"),
+      ([config, "--workdir="], "finetune: error: --workdir is empty: give the folder for checkpoints and logs"),
+      ([config, f"--workdir={a_file}"], f"finetune: error: --workdir {a_file}: is a file, not a folder"),
+  ]
+  for args, want in cases:
+    out = _run(["--config", *args[:1], "--workdir", str(tmp_path / "w"), *args[1:]], expect=2)
+    assert out.stderr.strip().splitlines() == [want], (args, out.stderr)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "broken.py"]
 
 
 def test_export_and_from_pretrained_take_relative_paths_quietly(init, tmp_path, monkeypatch):
@@ -236,3 +273,24 @@ def test_export_and_from_pretrained_take_relative_paths_quietly(init, tmp_path, 
   want = rj.from_pretrained(init[0])[1]
   np.testing.assert_array_equal(np.asarray(params["roformer"]["embeddings"]["word_embeddings"]),
                                 np.asarray(want["roformer"]["embeddings"]["word_embeddings"]))
+
+
+def test_results_grid_records_finished_runs_only(tmp_path):
+  """finetune.grid (the RESULTS.md drivers): a finished run is appended once and skipped on rerun; a run
+  stopped by SIGTERM or Ctrl-C (its summary says preempted) is not a result: the grid stops with code 75."""
+  from finetune.grid import run_grid
+  calls = []
+
+  def fn(cfg, workdir):
+    calls.append(cfg["name"])
+    return {"step": 3, "test_accuracy": 0.5, **({"preempted": True} if cfg["name"] == "b" else {})}
+
+  runs = [(name, fn, {"name": name}) for name in ("a", "b")]
+  with pytest.raises(SystemExit) as stop:
+    run_grid(runs, tmp_path, lambda **o: dict(o))
+  assert stop.value.code == 75 and calls == ["a", "b"]
+  rows = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [r["run"] for r in rows] == ["a"]
+  with pytest.raises(SystemExit):
+    run_grid(runs, tmp_path, lambda **o: dict(o))
+  assert calls == ["a", "b", "b"]  # 'a' is not rerun

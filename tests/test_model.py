@@ -165,7 +165,10 @@ def test_gathered_output_equals_full_output_then_gather(changes):
   got = jax.grad(lambda p: jnp.sum(gathered(p) * weights))(params)
   want = jax.grad(lambda p: jnp.sum(full(p) * weights))(params)
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
-    np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    # atol scales with the leaf: a small entry of a gradient whose entries reach ~20 (the tied embedding)
+    # sums terms of that size in another order (seen: 4.3e-6 on a Zen 4 VM); a pruning bug is O(1).
+    np.testing.assert_allclose(g, w, atol=1e-6 * max(1.0, float(np.abs(w).max())), rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def test_padding_does_not_change_real_tokens():

@@ -147,6 +147,9 @@ def test_compare_gives_the_baseline_the_same_labels(init, straight, tmp_path):
     ("pattern", "满意。{text}", "config.pattern"),
     ("verbalizer.pos", "ℵ", r"config\.verbalizer\['pos'\] = 'ℵ' is not in the vocabulary"),
     ("regime", "zero_shot", "config.regime"),
+    ("pattern", "P9", r"config\.pattern = 'P9': not a pattern name \(P1, P2, P3, P4, P5\)"),
+    ("k", 10**6, r"config\.k = 1000000: more than the \d+ examples of the training split"),
+    ("kshot_mode", "foo", r"config\.kshot_mode = 'foo'; expected 'stratified' or 'balanced'"),
 ])
 def test_bad_config_is_named(init, tmp_path, key, value, message):
   """The errors the CLIs print as one line (tests/test_finetune.py checks that path) name the config key."""
@@ -157,3 +160,12 @@ def test_bad_config_is_named(init, tmp_path, key, value, message):
   cfg.update_from_flattened_dict({"init": str(init[0]), "data_dir": str(init[1]), "seq_len": SEQ, key: value})
   with pytest.raises(ConfigError, match=message):
     pet_compare.run(cfg, tmp_path)  # PET's task prepares first; the driver checks the regime before it
+
+
+def test_pet_compare_refuses_another_task(tmp_path):
+  from finetune import pet_compare
+  from finetune.configs import classify
+  from roformer_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=r"^config\.task is 'classify'; finetune\.pet_compare runs the pet task"):
+    pet_compare.run(classify.get_config(), tmp_path)
+  assert not list(tmp_path.iterdir())

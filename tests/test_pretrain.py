@@ -85,15 +85,34 @@ def test_sigkill_then_resume_gives_identical_losses(data, straight, tmp_path, mo
   assert got == want  # bitwise: the same floats, step by step
 
 
-def test_sigterm_saves_and_exits_then_resumes(data, straight, tmp_path):
-  """A preemption notice (SIGTERM) at step N-1: the run saves at the next step and exits cleanly."""
+@pytest.mark.parametrize("mode", ["term", "int"])
+def test_sigterm_or_ctrl_c_saves_and_exits_then_resumes(data, straight, tmp_path, mode):
+  """A preemption notice (SIGTERM) or a Ctrl-C at step N-1: the run saves at the next step, prints its
+  summary marked preempted and exits with code 75 (rerun to resume), not 0 (done)."""
   out = _run(_args(data, tmp_path, "--config.checkpoint_every", str(N - 1)), script=KILL,
-             env={"KILL_AT": str(N - 1), "KILL_MODE": "term"})
+             env={"KILL_AT": str(N - 1), "KILL_MODE": mode}, expect=75)
   assert f"preempted: saved {tmp_path / 'checkpoints' / str(N)}" in out.stdout
+  summary = json.loads(out.stdout.strip().splitlines()[-1])
+  assert summary["preempted"] is True and summary["step"] == N
   assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [N - 1, N]
   out = _run(_args(data, tmp_path))
   assert f"resumed from {tmp_path / 'checkpoints' / str(N)}" in out.stdout
   assert _losses(tmp_path) == _losses(straight[0])
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_untouched(data, straight, tmp_path):
+  """Rerunning into a workdir with another model: one line naming the checkpoint and a differing tensor,
+  exit code 2; its checkpoints are not set aside as corrupt and its model_config.json is not rewritten."""
+  work = tmp_path / "run"
+  shutil.copytree(straight[0], work)
+  steps, config = sorted(p.name for p in (work / "checkpoints").iterdir()), (work / "model_config.json").read_text()
+  out = _run(_args(data, work, "--config.model.preset", "roformer_v2_small"), expect=2)
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"pretrain: error: checkpoint {work / 'checkpoints'}/{2 * N} holds a different model or "
+                         "optimiser state than this config (params/roformer/"), out.stderr
+  assert "shape" in last and last.endswith("use a new --workdir, or the config it was trained with"), last
+  assert sorted(p.name for p in (work / "checkpoints").iterdir()) == steps
+  assert (work / "model_config.json").read_text() == config
 
 
 def test_corrupt_latest_checkpoint_falls_back(data, straight, tmp_path):

@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     startup.quiet_tpu_probe()
     os.environ.setdefault("USE_TF", "0")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+  from roformer_jax.config import ConfigError
+  try:
+    importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+  except ConfigError as e:  # a bad --preset, --attention, ...: the message names the field
+    print(f"roformer-bench {argv[0]}: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from roformer_jax.bench.common import today
+from roformer_jax.bench.common import nonnegative_int, positive_int, today
 
 # Per-chip HBM (bytes), bf16 dense peak (FLOP/s) and HBM bandwidth (bytes/s), public spec sheets.
 CHIPS = {
@@ -131,9 +131,10 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench aot")
   p.add_argument("--topology", required=True, help="e.g. v5e:16x16, v4:2x2x4, v5p:4x4x4, v5e:2x2")
   p.add_argument("--preset", default="roformer_v2_base")
-  p.add_argument("--batch", type=int, required=True, help="global batch")
-  p.add_argument("--seq", type=int, default=512)
-  p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.2 * seq)")
+  p.add_argument("--batch", type=positive_int, required=True, help="global batch")
+  p.add_argument("--seq", type=positive_int, default=512)
+  p.add_argument("--predictions", type=nonnegative_int, default=0,
+                 help="masked slots per sequence; 0 = ceil(0.2 * seq)")
   p.add_argument("--mesh", default="1,-1,1", help="data,fsdp,tensor sizes (-1 fills)")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="dots")

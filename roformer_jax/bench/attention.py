@@ -33,10 +33,12 @@ import numpy as np
 
 from roformer_jax import attention as attn
 from roformer_jax import rope as rope_lib
-from roformer_jax.config import ModelConfig, get_config
+from roformer_jax.bench.common import positive_int, positive_ints
+from roformer_jax.config import ModelConfig, get_config, known_attention
 
 COLUMNS = ("variant", "n", "mode", "flops_analytic", "flops_xla", "temp_bytes", "time_ms", "status")
 DEFAULT_LENGTHS = "128,256,512,1024,2048,4096,8192,16384"
+MODES = ("fwd", "fwd_bwd")
 MIXERS = ("linear", "gau", "fnet", "mixer", "synthesizer")
 FLASH = ("blockwise", "pallas")
 
@@ -419,8 +421,9 @@ def _child_main(spec_json: str) -> None:
 
 
 def train_probe(args, options: dict) -> None:
+  get_config(args.preset)  # an unknown preset: one ConfigError here, not one failed child per cell
   variants = [v for v in args.variants.split(",") if v] + (["torch"] if args.torch else [])
-  lengths = [int(x) for x in args.lengths.split(",")]
+  lengths = args.lengths
   cap = int(args.mem_cap * 2**30)
   path = os.path.join(args.out, "train_step.csv")
   cols = ("variant", "n", "remat", "scan_layers", "compiled_bytes", "peak_rss_bytes", "step_s", "status")
@@ -476,17 +479,17 @@ def parse_args(argv):
                  help="attention functions for core rows (comma list)")
   p.add_argument("--layer-variants", default="rest,softmax,blockwise,linear,gau,fnet,mixer,synthesizer",
                  help="full-layer rows (attention names, plus 'rest'); empty for none")
-  p.add_argument("--lengths", default=DEFAULT_LENGTHS)
-  p.add_argument("--modes", default="fwd,fwd_bwd")
+  p.add_argument("--lengths", type=positive_ints, default=DEFAULT_LENGTHS)
+  p.add_argument("--modes", default=",".join(MODES))
   p.add_argument("--out", default="bench_out")
-  p.add_argument("--width", type=int, default=768)
-  p.add_argument("--heads", type=int, default=12)
-  p.add_argument("--ffn", type=int, default=None, help="FFN size (default 4 x width)")
-  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--width", type=positive_int, default=768)
+  p.add_argument("--heads", type=positive_int, default=12)
+  p.add_argument("--ffn", type=positive_int, default=None, help="FFN size (default 4 x width)")
+  p.add_argument("--batch", type=positive_int, default=1)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--options", default="",
                  help="per-variant attention options, e.g. blockwise.block_q=256,pallas.block_k=64")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=positive_int, default=3)
   p.add_argument("--mem-budget", type=float, default=12.0, help="GiB; larger compiled footprints are not run")
   p.add_argument("--cell-budget", type=float, default=120.0, help="seconds per cell; longer predicted: not run")
   p.add_argument("--no-plots", action="store_true")
@@ -503,7 +506,20 @@ def parse_args(argv):
   # back into the forward pass and the compiled footprint is the same as without remat.
   p.add_argument("--no-scan", action="store_true", help="with --train-step: unrolled layers (default: nn.scan)")
   p.add_argument("--step-timeout", type=float, default=7200.0)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  # Checked up front: an unknown name would only show as one "unsupported" row per cell, after a long sweep.
+  # (A known variant that refuses a shape or platform stays a row: that is a result.)
+  if args.train_step:  # whole models: any `ModelConfig.attention`
+    checks = (("--variants", args.variants, known_attention()),)
+  else:
+    checks = (("--variants", args.variants, attn.available()),
+              ("--layer-variants", args.layer_variants, ["rest"] + known_attention()),
+              ("--modes", args.modes, list(MODES)))
+  for flag, text, known in checks:
+    unknown = [v for v in text.split(",") if v and v not in known]
+    if unknown:
+      p.error(f"{flag}: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+  return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -517,8 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     return train_probe(args, options)
   base = ModelConfig(hidden_size=args.width, num_heads=args.heads, intermediate_size=args.ffn or 4 * args.width,
                      num_layers=1, dtype=args.dtype)
-  lengths = [int(x) for x in args.lengths.split(",")]
-  modes = args.modes.split(",")
+  lengths = args.lengths
+  modes = [m for m in args.modes.split(",") if m]
   variants = [v for v in args.variants.split(",") if v] + [f"layer:{v}" for v in args.layer_variants.split(",") if v]
   print(f"attention benchmark on {jax.devices()[0].device_kind} ({jax.default_backend()}), d={args.width}, "
         f"heads={args.heads}, batch={args.batch}, {args.dtype}", flush=True)

@@ -14,17 +14,17 @@ import json
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, today
+from roformer_jax.bench.common import machine, median_time, positive_int, today
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench decode")
   p.add_argument("--preset", default="roformer_v2_small")
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--source", type=int, default=64, help="source tokens per row, [CLS] and [SEP] included")
-  p.add_argument("--new", type=int, default=64, help="tokens generated per row")
-  p.add_argument("--beam", type=int, default=1, help="1 = greedy")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--batch", type=positive_int, default=16)
+  p.add_argument("--source", type=positive_int, default=64, help="source tokens per row, [CLS] and [SEP] included")
+  p.add_argument("--new", type=positive_int, default=64, help="tokens generated per row")
+  p.add_argument("--beam", type=positive_int, default=1, help="1 = greedy")
+  p.add_argument("--repeats", type=positive_int, default=3)
   a = p.parse_args(argv)
   import jax
   import roformer_jax as rj

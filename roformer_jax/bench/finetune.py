@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import bert4torch_heads, interleaved_times, machine, today
+from roformer_jax.bench.common import bert4torch_heads, interleaved_times, machine, positive_int, today
 
 TASKS = ("classify", "ner", "unilm")
 
@@ -165,18 +165,18 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench finetune")
   p.add_argument("--task", default="classify", choices=TASKS)
   p.add_argument("--preset", default="roformer_v2_small")
-  p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--types", type=int, default=3, help="ner: entity types")
-  p.add_argument("--source", type=int, default=64, help="unilm: source tokens (the rest are the target)")
+  p.add_argument("--seq", type=positive_int, default=128)
+  p.add_argument("--batch", type=positive_int, default=32)
+  p.add_argument("--types", type=positive_int, default=3, help="ner: entity types")
+  p.add_argument("--source", type=positive_int, default=64, help="unilm: source tokens (the rest are the target)")
   p.add_argument("--attention", default="softmax",
                  help="our attention variant; a comma list times each (as bench train's --ours: softmax:xla is "
                       "XLA's softmax without the fused CPU kernel); ratios are the first one's")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype for everyone (params and optimiser stay float32)")
   p.add_argument("--peers", default="roformer", help="comma list of roformer, roformer-compile ('' = none)")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--repeats", type=positive_int, default=3)
+  p.add_argument("--rounds", type=positive_int, default=5)
   a = p.parse_args(argv)
   import jax
   import roformer_jax as rj

@@ -13,7 +13,7 @@ import tempfile
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, parse_ints, today
+from roformer_jax.bench.common import machine, median_time, positive_int, positive_ints, today
 
 
 def _port_model(cfg):
@@ -30,17 +30,17 @@ def _port_model(cfg):
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench forward")
   p.add_argument("--preset", default="roformer_v2_small")
-  p.add_argument("--seq", default="128,512")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--seq", type=positive_ints, default="128,512", help="comma list of lengths")
+  p.add_argument("--batch", type=positive_int, default=8)
+  p.add_argument("--repeats", type=positive_int, default=5)
   p.add_argument("--no-peer", action="store_true")
   a = p.parse_args(argv)
 
   import jax
-  import torch
   import roformer_jax as rj
 
-  cfg = rj.get_config(a.preset)
+  cfg = rj.get_config(a.preset)  # before torch's import: an unknown preset fails fast
+  import torch
   peer = _port_model(cfg)
   with tempfile.TemporaryDirectory() as d:
     peer.save_pretrained(d, safe_serialization=False)
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
   enc_params = params["roformer"]
   common = {"preset": a.preset, "batch": a.batch, "machine": machine(), "date": today(),
             "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
-  for seq in parse_ints(a.seq):
+  for seq in a.seq:
     ids = np.random.RandomState(seq).randint(5, cfg.vocab_size, size=(a.batch, seq)).astype(np.int32)
     tokens = a.batch * seq
     t = median_time(lambda: fwd(enc_params, ids).block_until_ready(), repeats=a.repeats)

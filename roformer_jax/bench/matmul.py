@@ -14,20 +14,19 @@ import argparse
 import json
 import statistics
 
-from roformer_jax.bench.common import interleaved_times, machine, parse_ints, today
+from roformer_jax.bench.common import interleaved_times, machine, positive_int, positive_ints, today
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m roformer_jax.bench matmul", description=__doc__.split("\n")[0])
-  p.add_argument("--shape", default="4096,384,1536", help="M,K,N")
+  p.add_argument("--shape", type=positive_ints, default="4096,384,1536", help="M,K,N")
   p.add_argument("--dtypes", default="float32,bfloat16")
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--repeats", type=int, default=10)
+  p.add_argument("--rounds", type=positive_int, default=3)
+  p.add_argument("--repeats", type=positive_int, default=10)
   a = p.parse_args(argv)
-  shape = parse_ints(a.shape)
-  if len(shape) != 3:
-    p.error(f"--shape: M,K,N, got {a.shape!r}")
-  m, k, n = shape
+  if len(a.shape) != 3:
+    p.error(f"--shape: M,K,N, got {','.join(map(str, a.shape))!r}")
+  m, k, n = a.shape
   import jax
   import jax.numpy as jnp
   import numpy as np

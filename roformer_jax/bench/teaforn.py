@@ -16,18 +16,18 @@ import json
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, today
+from roformer_jax.bench.common import machine, median_time, positive_int, positive_ints, today
 
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench teaforn")
   p.add_argument("--preset", default="roformer_v2_small")
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--source", type=int, default=64, help="source tokens, [CLS] and [SEP] included")
-  p.add_argument("--n", default="1,2,3", help="comma list of pass counts")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--batch", type=positive_int, default=32)
+  p.add_argument("--seq", type=positive_int, default=128)
+  p.add_argument("--source", type=positive_int, default=64, help="source tokens, [CLS] and [SEP] included")
+  p.add_argument("--n", type=positive_ints, default="1,2,3", help="comma list of pass counts")
+  p.add_argument("--repeats", type=positive_int, default=3)
+  p.add_argument("--rounds", type=positive_int, default=3)
   a = p.parse_args(argv)
   import jax
   import jax.numpy as jnp
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
   rows = positions + 1
   tokens = a.batch * a.seq
   out = {"preset": a.preset, "batch": a.batch, "seq": a.seq, "source": a.source}
-  for n in (int(x) for x in a.n.split(",")):
+  for n in a.n:
     fns = {}
     for name, r in ((("reused", rows),) if n > 1 else ()) + (("recomputed", None),):  # N = 1: one path
       loss = lambda p, r=r: teaforn.teaforn_loss_at(model, p, ids, types, mask, positions, pmask, num_passes=n,

@@ -20,7 +20,7 @@ import time
 
 from roformer_jax import corpus
 from roformer_jax import tokenization as T
-from roformer_jax.bench.common import machine, median_time, today
+from roformer_jax.bench.common import machine, median_time, nonnegative_int, positive_int, today
 
 
 def _ours(tok, offsets=True):
@@ -47,9 +47,9 @@ def _roformer_peer(vocab_file):
 
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench tokenizer_speed")
-  p.add_argument("--lines", type=int, default=0, help="first N lines only (0 = all 54607)")
-  p.add_argument("--batch", type=int, default=256)
-  p.add_argument("--repeats", type=int, default=3, help="median of this many timed passes (slow peers: 1)")
+  p.add_argument("--lines", type=nonnegative_int, default=0, help="first N lines only (0 = all 54607)")
+  p.add_argument("--batch", type=positive_int, default=256)
+  p.add_argument("--repeats", type=positive_int, default=3, help="median of this many timed passes (slow peers: 1)")
   p.add_argument("--char-vocab", help="a char vocab.txt (default: built from the text)")
   p.add_argument("--word-vocab", help="a word vocab.txt (default: built from the text)")
   a = p.parse_args(argv)

@@ -38,7 +38,7 @@ from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import interleaved_times, machine, today
+from roformer_jax.bench.common import interleaved_times, machine, nonnegative_int, positive_int, today
 
 
 def _batch(cfg, batch, seq, preds, seed=0):
@@ -219,11 +219,12 @@ def _peak_gib_jax() -> float | None:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="roformer-bench train")
   p.add_argument("--preset", default="roformer_v2_small")
-  p.add_argument("--seq", type=int, default=128)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--predictions", type=int, default=0, help="masked slots per sequence; 0 = ceil(0.15 * seq)")
-  p.add_argument("--repeats", type=int, default=5, help="timed steps per implementation per round")
-  p.add_argument("--rounds", type=int, default=5, help="rounds; each times every implementation in turn")
+  p.add_argument("--seq", type=positive_int, default=128)
+  p.add_argument("--batch", type=positive_int, default=8)
+  p.add_argument("--predictions", type=nonnegative_int, default=0,
+                 help="masked slots per sequence; 0 = ceil(0.15 * seq)")
+  p.add_argument("--repeats", type=positive_int, default=5, help="timed steps per implementation per round")
+  p.add_argument("--rounds", type=positive_int, default=5, help="rounds; each times every implementation in turn")
   p.add_argument("--ours", default="softmax",
                  help="our variants, comma list of attention[:implementation][/scan][/remat=full|dots]; the first "
                       "is the main row")
@@ -232,8 +233,6 @@ def main(argv=None) -> None:
                  help="compute dtype for everyone (params and optimiser stay float32)")
   p.add_argument("--profile", default="", help="after timing, trace 3 steps of the main variant into this dir")
   a = p.parse_args(argv)
-  if a.rounds < 1 or a.repeats < 1:
-    p.error("--rounds and --repeats must be at least 1")
   peer_names = [x for x in a.peers.split(",") if x]
   for name in peer_names:
     if name not in PEERS:

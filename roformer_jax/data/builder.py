@@ -103,7 +103,7 @@ class RoformerPretrainCorpus(tfds.core.GeneratorBasedBuilder):
         yield key, {"row": np.stack([row[k] for k in packing.ROW_KEYS])}
         key += 1
     if not key:  # tfds would fail with a bare "No examples were yielded"
-      raise ValueError(f"{cfg.source}: no documents fell in the {split!r} split (heldout_fraction="
+      raise sources.DataError(f"{cfg.source}: no documents fell in the {split!r} split (heldout_fraction="
                        f"{cfg.heldout_fraction}, {line_stats.bad_lines} bad lines skipped)")
     meta = self.info.metadata
     meta.setdefault("splits", {})[split] = dataclasses.asdict(pack_stats)

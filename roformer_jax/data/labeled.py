@@ -25,6 +25,8 @@ def read_labeled(path: str | os.PathLike, *, text_field: str = "text", label_fie
   """Every (text, label) of `path`. TSV: the label follows the last tab (the text may hold tabs).
   JSON lines: an object with string `text_field` and `label_field` (a number label is read as its string)."""
   path = Path(path)
+  if path.is_dir():
+    raise IsADirectoryError(f"{path}: a folder, not a data file")
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such data file")
   if path.suffix not in SUFFIXES:
@@ -42,6 +44,8 @@ def read_labeled(path: str | os.PathLike, *, text_field: str = "text", label_fie
       if text is None:
         raise DataError(f"{path}:{number}: {label}")
       out.append(Example(text, label, number))
+  if not out:
+    raise DataError(f"{path}: no examples (the file is empty or blank)")
   return out
 
 
@@ -74,12 +78,23 @@ def _parse_json(line: str, text_field: str, label_field: str) -> tuple[str | Non
   return text, str(label)
 
 
-def label_ids(examples: Sequence[Example], labels: Sequence[str], path: str | os.PathLike) -> list[int]:
-  """Each example's index in `labels`; a label outside them is named with its file and line."""
+def label_ids(examples: Sequence[Example], labels: Sequence[str], path: str | os.PathLike,
+              source: str = "") -> list[int]:
+  """Each example's index in `labels`; a label outside them is named with its file and line, and with
+  `source`, where the labels came from (e.g. the training file's lines that introduced each)."""
   index = {label: i for i, label in enumerate(labels)}
   out = []
   for e in examples:
     if e.label not in index:
-      raise DataError(f"{path}:{e.line}: label {e.label!r} is not one of {list(labels)}")
+      raise DataError(f"{path}:{e.line}: label {e.label!r} is not one of {list(labels)}"
+                      + (f" ({source})" if source else ""))
     out.append(index[e.label])
+  return out
+
+
+def first_lines(examples: Sequence[Example]) -> dict[str, int]:
+  """label -> the line that first has it: where a label read from a file came from."""
+  out: dict[str, int] = {}
+  for e in examples:
+    out.setdefault(e.label, e.line)
   return out

@@ -50,6 +50,8 @@ def embedded_documents() -> Iterator[Document]:
 def text_files(folder: os.PathLike | str) -> list[pathlib.Path]:
   """The `.txt` and `.jsonl` files under `folder` (recursively), in a fixed (sorted) order."""
   folder = pathlib.Path(folder)
+  if folder.is_file():
+    raise NotADirectoryError(f"corpus folder {folder} is a file; give the folder that holds the .txt / .jsonl files")
   if not folder.is_dir():
     raise FileNotFoundError(f"corpus folder {folder} does not exist")
   files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)

@@ -133,11 +133,12 @@ def _type(kind: str, types: Sequence[str], where: str, what: str = "entity type"
 def read_cluener(path: PathLike, types: Sequence[str] = CLUENER_TYPES, strict: bool = True) -> Corpus:
   """A CLUENER2020 file (JSON lines); a file with no "label" on any line is a test file."""
   skipped: list[str] = []
-  examples, labelled = [], False
+  examples, labelled, unlabelled = [], False, None
   for n, obj in read_jsonl(path):
     where = f"{path}:{n}"
     text = field(obj, "text", str, where)
     entities = []
+    unlabelled = unlabelled or ("label" not in obj and where)
     if "label" in obj:
       labelled = True
       for kind, found in field(obj, "label", dict, where).items():
@@ -153,17 +154,26 @@ def read_cluener(path: PathLike, types: Sequence[str] = CLUENER_TYPES, strict: b
             if _check_span(text, pos[0], pos[1], surface, where, strict, skipped):
               entities.append((pos[0], pos[1], kind))
     examples.append(NerExample(text, tuple(entities), obj.get("id"), where))
+  _all_or_none(labelled, unlabelled, "label")
   return Corpus(pathlib.Path(path), examples, labelled, skipped)
+
+
+def _all_or_none(labelled: bool, unlabelled: str | None, key: str) -> None:
+  """A file is labelled on every line (train, dev) or on none (test): one line without is a broken line,
+  which would otherwise train as a sentence with no entities."""
+  if labelled and unlabelled:
+    raise DataError(f"{unlabelled}: no {key!r} field, which the file's other lines have")
 
 
 def read_cmeee(path: PathLike, types: Sequence[str] = CMEEE_TYPES, strict: bool = True) -> Corpus:
   """A CMeEE file (one JSON list); a file with no "entities" on any example is a test file."""
   skipped: list[str] = []
-  examples, labelled = [], False
+  examples, labelled, unlabelled = [], False, None
   for n, obj in read_json_list(path):
     where = f"{path}:{n}"
     text = field(obj, "text", str, where)
     entities = []
+    unlabelled = unlabelled or ("entities" not in obj and where)
     if "entities" in obj:
       labelled = True
       for k, e in enumerate(field(obj, "entities", list, where)):
@@ -179,6 +189,7 @@ def read_cmeee(path: PathLike, types: Sequence[str] = CMEEE_TYPES, strict: bool 
         if _check_span(text, start, end, surface, at, strict, skipped):
           entities.append((start, end, kind))
     examples.append(NerExample(text, tuple(entities), obj.get("id"), where))
+  _all_or_none(labelled, unlabelled, "entities")
   return Corpus(pathlib.Path(path), examples, labelled, skipped)
 
 

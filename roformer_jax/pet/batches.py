@@ -47,6 +47,10 @@ def regime_data(regime: str, train: LabelledTexts, k: int, seed: int, mode: str 
     return none, (train.texts if regime == "unsupervised" else ())
   if k < 1:
     raise ConfigError(f"config.k = {k}: the {regime} regime needs labelled examples (k >= 1)")
+  if k > len(train.labels):
+    raise ConfigError(f"config.k = {k}: more than the {len(train.labels)} examples of the training split")
+  if mode not in ("stratified", "balanced"):
+    raise ConfigError(f"config.kshot_mode = {mode!r}; expected 'stratified' or 'balanced'")
   labelled, rest = kshot(train, k, seed, mode)
   return labelled, (rest if regime == "semi_supervised" else ())
 

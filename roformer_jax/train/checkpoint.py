@@ -78,6 +78,11 @@ class Checkpointer:
       try:
         restored = self.manager.restore(s, args=ocp.args.Composite(**items))
       except Exception as e:  # noqa: BLE001 -- any read failure means "try the previous one"
+        mismatch = self._mismatch(s, abstract_state)
+        if mismatch:  # a readable checkpoint of another model or optimiser: the workdir is not this run's
+          raise ConfigError(f"checkpoint {self.directory}/{s} holds a different model or optimiser state than "
+                            f"this config ({mismatch}); use a new --workdir, or the config it was trained "
+                            "with") from e
         msg = f"checkpoint {self.directory}/{s} could not be restored ({type(e).__name__}: {e})"
         if step is not None:
           raise RuntimeError(msg) from e
@@ -91,6 +96,27 @@ class Checkpointer:
               f"step {s}", flush=True)
       return restored["state"], s
     return None
+
+  def _mismatch(self, step: int, abstract_state: Any) -> str | None:
+    """How `step`'s saved state differs from `abstract_state` in names or shapes (the first three
+    differences); None if they agree or the checkpoint's metadata cannot be read (then it is corrupt)."""
+    try:
+      saved = _shapes(self.manager.item_metadata(step)["state"])
+    except Exception:  # noqa: BLE001 -- unreadable metadata: a damaged checkpoint, not another model
+      return None
+    want = _shapes(abstract_state)
+    diffs = []
+    for k in sorted(saved.keys() | want.keys(), key=lambda k: (not k.startswith("params/"), k)):  # params first
+      if k not in want:
+        diffs.append(f"{k}: in the checkpoint only")
+      elif k not in saved:
+        diffs.append(f"{k}: not in the checkpoint")
+      elif saved[k] != want[k]:
+        diffs.append(f"{k}: shape {saved[k]} in the checkpoint, {want[k]} here")
+    if not diffs:
+      return None
+    more = f"; {len(diffs) - 3} more" if len(diffs) > 3 else ""
+    return "; ".join(diffs[:3]) + more
 
   def _set_aside(self, step: int) -> str:
     """Renames an unreadable step out of the way (kept for inspection), so training can redo it."""
@@ -112,6 +138,17 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{'params/roformer/...': shape} of a state, abstract state or orbax metadata tree."""
+  def name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path): tuple(getattr(leaf, "shape", None) or ())
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class BestCheckpoint:

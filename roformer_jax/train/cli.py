@@ -2,15 +2,21 @@
 
   --config FILE --workdir DIR [--config.key=value ...] [--coordinator HOST:PORT --num_processes N --process_id I]
 
-A bad input (config key, data line, checkpoint, path) ends the run with one line naming it and exit code 2;
-a non-finite loss with exit code 3. The summary is printed as one JSON line by process 0.
+A bad input (config file or key, data line, checkpoint, path) ends the run with one line naming it and exit
+code 2; a non-finite loss with exit code 3. The summary is printed as one JSON line by process 0. A run
+stopped by SIGTERM or Ctrl-C saves a checkpoint, prints its summary and exits with code 75 (EX_TEMPFAIL:
+rerun the same command to resume), so that a scheduler or script never takes it for a finished one.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any, Callable
+
+PREEMPTED = 75  # exit code of a run that saved and stopped early (SIGTERM, Ctrl-C)
 
 
 def define_flags(config_help: str) -> None:
@@ -28,6 +34,66 @@ def define_flags(config_help: str) -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing (`app.run(main, flags_parser=cli.parse_flags)`), with the config file loaded
+  here, so that a missing or broken --config file or an unknown --config.key is one line, not a traceback."""
+  from absl import flags
+  prog = f"{Path(argv[0]).parent.name}.{Path(argv[0]).stem}" if argv else "roformer"
+
+  def fail(msg: str):
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+  try:
+    args = flags.FLAGS(argv)
+    config = flags.FLAGS.config
+    if config is None:
+      fail("--config: the file's get_config() returned None")
+    config.keys()  # an unreadable file is an object that raises on first use
+    return args
+  except flags.Error as e:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if "Error whilst parsing config file" in str(e):  # ml_collections puts get_config's traceback here
+      kind, _, msg = lines[-1].partition(": ")
+      fail(f"{msg}" if kind.endswith(("ConfigError", "DataError")) else f"--config: {lines[-1]}")
+    fail(f"{' '.join(lines)} (--helpshort lists the flags)")
+  except (KeyError, AttributeError) as e:  # ml_collections: an override names a key the config lacks
+    inner = e.args[0] if e.args and isinstance(e.args[0], KeyError) else e  # AttributeError(KeyError(msg))
+    first, _, hint = str(inner.args[0] if inner.args else "").partition("\n")  # "'stepz'\nDid you mean ...?"
+    name = first.strip("'\" ")
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and name in a.split("=")[0].split(".")),
+                f"--config.{name}")
+    fail(f"{flag}: no such config key{f' ({hint})' if hint else ''}")
+  except SyntaxError as e:
+    fail(f"{e.filename}:{e.lineno}: {e.msg} (the --config file)")
+  except Exception as e:  # noqa: BLE001 -- anything else while loading the config file is the file's fault
+    cause = e
+    while cause is not None:  # get_config(arg) raising ConfigError arrives wrapped by ml_collections
+      if is_user_error(cause):
+        fail(f"--config: cannot load the config file: {cause}" if isinstance(cause, OSError) else str(cause))
+      cause = cause.__cause__ or cause.__context__
+    if isinstance(e, OSError):
+      found = re.search(r"\[Errno \d+\] ([^\n]*)", str(e))
+      fail(f"--config: cannot load the config file: {found.group(1) if found else e}")
+    raise
+
+
+def check_workdir(workdir: str | None) -> None:
+  """A local --workdir must be a folder this process can create or write; gs:// and the like are not checked."""
+  from roformer_jax.config import ConfigError
+  if not workdir or not str(workdir).strip():
+    raise ConfigError("--workdir is empty: give the folder for checkpoints and logs")
+  if "://" in str(workdir):
+    return
+  path = Path(workdir).expanduser()
+  if path.exists() and not path.is_dir():
+    raise ConfigError(f"--workdir {workdir}: is a file, not a folder")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir}: cannot create it ({e.strerror}: {e.filename})") from e
+
+
 def is_user_error(e: BaseException) -> bool:
   """Whether `e` says the input is wrong (its message names the file and line, config key or tensor).
   Anything else is a bug and keeps its traceback."""
@@ -35,7 +101,7 @@ def is_user_error(e: BaseException) -> bool:
   from roformer_jax.convert.load import CheckpointError
   from roformer_jax.config import DataError  # every reader's (data.jsonl, data.sources, pet.reviews re-export it)
   return isinstance(e, (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError,
-                        NotADirectoryError, IsADirectoryError))
+                        NotADirectoryError, IsADirectoryError, PermissionError))
 
 
 def main(prog: str, run: Callable[[Any, str], dict]) -> None:
@@ -50,14 +116,19 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   from roformer_jax.train.distributed import init_distributed
-  from roformer_jax.train.loop import NonFiniteLoss
+  from roformer_jax.train.loop import NonFiniteLoss, check_config
   try:
+    check_config(FLAGS.config)
+    check_workdir(FLAGS.workdir)
     # Before anything asks JAX for devices: otherwise each host would start alone and hang later.
     init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
     summary = run(FLAGS.config, FLAGS.workdir)
   except NonFiniteLoss as e:
     print(f"ERROR: {e}", file=sys.stderr, flush=True)
     sys.exit(3)
+  except KeyboardInterrupt:  # Ctrl-C outside the train loop, or a second one inside it
+    print(f"{prog}: interrupted; the last saved checkpoint is untouched", file=sys.stderr, flush=True)
+    sys.exit(130)
   except Exception as e:  # noqa: BLE001 -- only user errors are caught; the rest re-raise
     if not is_user_error(e):
       raise
@@ -66,3 +137,5 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
   import jax
   if jax.process_index() == 0:
     print(json.dumps(summary), flush=True)
+  if summary.get("preempted"):
+    sys.exit(PREEMPTED)

@@ -57,14 +57,18 @@ def default_config():
 
 
 class Preemption:
-  """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits at the next step."""
+  """SIGTERM (preemption) or a first Ctrl-C sets a flag; the loop saves a checkpoint and exits at the next
+  step. A second Ctrl-C interrupts at once (the last good checkpoint stays as it was)."""
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
   def _handle(self, signum, frame):
     self.requested = True
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
+      print("interrupted: saving a checkpoint after this step (Ctrl-C again to stop at once)", flush=True)
 
   def reached(self, step: int) -> bool:
     import jax
@@ -74,7 +78,8 @@ class Preemption:
     return self.requested
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 class Runner:
@@ -132,6 +137,19 @@ def total_steps(task: Task, cfg) -> int:
   return cfg.epochs * per_epoch
 
 
+def check_config(cfg) -> None:
+  """The loop's own keys: sizes and counts that must be positive (or >= 0), named when they are not."""
+  rules = [("steps", 0), ("epochs", 0), ("batch_size", 1), ("accum_steps", 1), ("seq_len", 0)]
+  for key, low in rules:
+    if key in cfg and not (isinstance(cfg[key], int) and cfg[key] >= low):
+      raise ConfigError(f"config.{key} = {cfg[key]!r} must be an integer >= {low}")
+  if cfg.get("seq_len") in (1, 2):  # 0 means "what the data needs" where a task derives it
+    raise ConfigError(f"config.seq_len = {cfg.seq_len} must be at least 3 ([CLS], a token, [SEP])")
+  lr = cfg.get("optimizer", {}).get("learning_rate")
+  if lr is not None and not lr > 0:
+    raise ConfigError(f"config.optimizer.learning_rate = {lr!r} must be > 0")
+
+
 def _check_batch(cfg, mesh) -> int:
   """This process's rows per step; the global batch must split evenly over processes, micro-steps, devices."""
   import jax
@@ -160,6 +178,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
   from roformer_jax.train.checkpoint import BestCheckpoint, Checkpointer
   from roformer_jax.train.metrics import MetricsWriter
 
+  check_config(cfg)
   remote = "://" in str(workdir)  # e.g. gs://bucket/run on a TPU pod: checkpoints go there
   workdir = epath.Path(workdir) if remote else epath.Path(Path(workdir).expanduser().absolute())
   # metrics.jsonl, TensorBoard events and exports need a local filesystem (appends, atomic renames).
@@ -179,8 +198,6 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
   eval_every = cfg.eval_every or per_epoch or steps
   checkpoint_every = cfg.checkpoint_every or per_epoch or steps
   mcfg = task.model_config
-  if is_main:  # what from_pretrained / export read back from this workdir
-    task.write_assets(workdir)
   epochs = f", {steps / per_epoch:g} epochs of {per_epoch} steps" if per_epoch else ""
   writer.log(f"task: {task.name}, {steps} steps{epochs}\nmodel: {mcfg}\nmesh: {dict(mesh.shape)} over "
              f"{jax.device_count()} devices, {jax.process_count()} process(es); data: {task.describe()}")
@@ -208,6 +225,8 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
     else:
       state, _ = restored
       writer.log(f"resumed from {ckpt.path(int(jax.device_get(state.step)))}")
+    if is_main:  # what from_pretrained / export read back; after the restore, which refuses another model's workdir
+      task.write_assets(workdir)
     if best is not None and best.step is not None:
       writer.log(f"best {best.metric} so far: {best.value:.4f} at step {best.step}")
   except BaseException:
@@ -347,6 +366,8 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
   summary = {"task": task.name, "step": int(jax.device_get(state.step)), **last_eval,
              "tokens_per_s": tokens_per_step / step_time if math.isfinite(step_time) else None,
              "mfu": mfu if math.isfinite(mfu) else None, "checkpoint": ckpt.path(saved[-1]) if saved else None}
+  if stopped:  # the CLIs exit with PREEMPTED's code, so that schedulers and scripts rerun the command
+    summary["preempted"] = True
   if best is not None:
     summary.update({"best_step": best.step, f"best_{best.metric}": best.value if best.step is not None else None,
                     "best_checkpoint": best.path()})

@@ -61,6 +61,14 @@ if TYPE_CHECKING:  # importing the task protocol (config files do) must not star
 Log = Callable[[str], None]
 
 
+def fixed_seq_len(cfg) -> int:
+  """config.seq_len for a task that takes it as given (0 means 'derive it' only where a task does)."""
+  from roformer_jax.config import ConfigError
+  if cfg.seq_len < 3:
+    raise ConfigError(f"config.seq_len = {cfg.seq_len} must be at least 3 ([CLS], a token, [SEP]) for this task")
+  return cfg.seq_len
+
+
 class Task:
   """Base class: see the module docstring. Methods that raise must be overridden."""
 

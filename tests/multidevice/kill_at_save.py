@@ -4,6 +4,7 @@ checkpoint save (tests only).
 KILL_AT=<step> KILL_MODE=after: the process kills itself once the save at <step> has committed.
 KILL_MODE=during: it kills itself right after the asynchronous save at <step> has started.
 KILL_MODE=term: it sends itself SIGTERM (a preemption notice) right after the save at <step>.
+KILL_MODE=int: the same with SIGINT (Ctrl-C).
 KILL_WHAT=best: the same at the save of the best checkpoint (finetune) instead of the run's checkpoint.
 """
 
@@ -20,8 +21,8 @@ def _crash(step, wait):
   mode = os.environ.get("KILL_MODE", "after")
   if step != int(os.environ["KILL_AT"]):
     return
-  if mode == "term":
-    os.kill(os.getpid(), signal.SIGTERM)
+  if mode in ("term", "int"):
+    os.kill(os.getpid(), signal.SIGTERM if mode == "term" else signal.SIGINT)
     return
   if mode == "after":
     wait()
@@ -51,4 +52,5 @@ else:
 cli = importlib.import_module(os.environ.get("KILL_CLI", "pretrain.train"))
 
 if __name__ == "__main__":
-  app.run(cli.main)
+  from roformer_jax.train.cli import parse_flags
+  app.run(cli.main, flags_parser=parse_flags)
