@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from roformer_jax import mixers
+from roformer_jax.argtypes import positive_int
 from roformer_jax.config import ModelConfig
 from roformer_jax.convert import tf_ckpt, torch_names
 
@@ -380,16 +381,6 @@ def parse_size(text: str) -> int:
   return size
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-  return value
-
-
 def _check_cli_paths(source: Path, out: Path, vocab: str | None) -> str | None:
   """The first problem with --from, --vocab or --to, or None; checked before the (slow) checkpoint load."""
   if not source.expanduser().exists():
@@ -425,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--vocab", metavar="FILE", help="vocab.txt to ship (default: the one in DIR or its parent)")
   parser.add_argument("--max-shard-size", type=parse_size, default=DEFAULT_MAX_SHARD_SIZE, metavar="SIZE",
                       help="bytes per safetensors file, e.g. 5GB (default) or 500MB")
-  parser.add_argument("--max-position-embeddings", type=_positive_int, default=None, metavar="N",
+  parser.add_argument("--max-position-embeddings", type=positive_int, default=None, metavar="N",
                       help="the ports' position table size (default: from DIR's config, else 512)")
   parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
   args = parser.parse_args(argv)
