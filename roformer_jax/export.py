@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     max_position_embeddings=max_pos, overwrite=args.overwrite)
   except (CheckpointError, ConfigError, FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
     print(f"roformer-export: error: {e}", file=sys.stderr)
-    return 1
+    return 2  # a bad input, as every CLI here
   print(f"roformer-export: wrote {out}: {', '.join(sorted(os.listdir(out)))}")
   return 0
 

@@ -474,7 +474,8 @@ def test_example_eval_pass_is_in_order_and_padded_with_zero_weight():
 
 @pytest.mark.parametrize("name, content, line, reason", [
     ("a.tsv", "好\tpos\n\n没有标签\n", 3, "expected 'text<TAB>label', found no tab"),
-    ("b.tsv", "好\tpos\n坏\t \n", 2, "empty label after the last tab"),
+    ("b.tsv", "好\tpos\n坏\t \n", 2, "empty label after the tab"),
+    ("x.tsv", "好\tpos\n很差\tneg\textra\n", 2, r"expected 'text<TAB>label', found 2 tabs \(3 columns; texts with tabs go in \.jsonl\)"),
     ("c.jsonl", '{"text": "好", "label": 1}\n{"text": "坏"\n', 2, "invalid JSON"),
     ("d.jsonl", '{"text": "好", "label": "pos"}\n{"content": "坏", "label": "neg"}\n', 2, "no field 'text'"),
     ("e.tsv", "好\tpos\n\xff\n", 2, "invalid UTF-8"),
@@ -489,10 +490,10 @@ def test_labeled_file_errors_name_file_and_line(tmp_path, name, content, line, r
 
 def test_labeled_files_and_label_ids(tmp_path):
   from roformer_jax.data import labeled
-  (tmp_path / "a.tsv").write_text("一\t二\tpos\n\n三\tneg\n", encoding="utf-8")
+  (tmp_path / "a.tsv").write_text("一二\tpos\n\n三\tneg\n", encoding="utf-8")
   (tmp_path / "b.jsonl").write_text('{"t": "一", "y": 1}\n{"t": "二", "y": "0"}\n', encoding="utf-8")
   tsv = labeled.read_labeled(tmp_path / "a.tsv")
-  assert tsv == [labeled.Example("一\t二", "pos", 1), labeled.Example("三", "neg", 3)]
+  assert tsv == [labeled.Example("一二", "pos", 1), labeled.Example("三", "neg", 3)]
   js = labeled.read_labeled(tmp_path / "b.jsonl", text_field="t", label_field="y")
   assert [(e.text, e.label) for e in js] == [("一", "1"), ("二", "0")]
   assert labeled.label_ids(tsv, ["neg", "pos"], "a.tsv") == [1, 0]

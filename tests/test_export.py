@@ -333,7 +333,7 @@ def test_vocab_and_config_errors(root, tmp_path):
 
 def test_cli_errors(port_folders, tmp_path, capsys):
   bare = shutil.copytree(port_folders["v2"], tmp_path / "bare", ignore=shutil.ignore_patterns("vocab.txt"))
-  assert export.main(["--from", str(bare), "--to", str(tmp_path / "o")]) == 1
+  assert export.main(["--from", str(bare), "--to", str(tmp_path / "o")]) == 2
   assert "bare: no vocab.txt found for this checkpoint; pass --vocab FILE" in capsys.readouterr().err
   step = tmp_path / "workdir" / "checkpoints" / "100"  # a pretraining step folder: the workdir's vocab
   step.mkdir(parents=True)
@@ -341,7 +341,7 @@ def test_cli_errors(port_folders, tmp_path, capsys):
   assert export.find_vocab(step) == tmp_path / "workdir" / "vocab.txt"
   vocab = port_folders["v2"] / "vocab.txt"
   assert export.main(["--from", str(bare), "--to", str(tmp_path / "o"), "--vocab", str(vocab)]) == 0
-  assert export.main(["--from", str(bare), "--to", str(tmp_path / "o"), "--vocab", str(vocab)]) == 1
+  assert export.main(["--from", str(bare), "--to", str(tmp_path / "o"), "--vocab", str(vocab)]) == 2
   assert "o already exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
   assert export.main(["--from", str(tmp_path / "none"), "--to", str(tmp_path / "p"), "--vocab", str(vocab)]) == 2
   assert f"--from {tmp_path / 'none'}: does not exist" in capsys.readouterr().err

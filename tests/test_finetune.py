@@ -217,12 +217,16 @@ def test_bad_inputs_end_in_one_line(init, tmp_path):
   cfg.data.labels = ("neg", "neutral")
   with pytest.raises(DataError, match=f"^{init[1] / 'train.tsv'}:\\d+: label 'pos' is not one of"):
     ClassifyTask(cfg).prepare(tmp_path, print)
-  # A stray tab in a training line makes its last field a label; the dev error says which line brought it.
+  # An extra column is named at its line; a label mistyped in train (the labels come from it) is named by the
+  # dev line that misses it, with the train line that brought the typo.
   stray = tmp_path / "stray.tsv"
   stray.write_text("很好\tpos\n很差\tneg\textra\n", encoding="utf-8")
   cfg.data.update(dict(train=str(stray), labels=()))
-  with pytest.raises(DataError, match=f"^{init[1] / 'dev.tsv'}:\\d+: label 'neg' is not one of \\['extra', 'pos'\\] "
-                                      f"\\(the labels of {stray}, first at 'extra': line 2, 'pos': line 1\\)$"):
+  with pytest.raises(DataError, match=f"^{stray}:2: expected 'text<TAB>label', found 2 tabs"):
+    ClassifyTask(cfg).prepare(tmp_path, print)
+  stray.write_text("很好\tpos\n很差\tnegative\n还行\tpos\n", encoding="utf-8")
+  with pytest.raises(DataError, match=f"^{init[1] / 'dev.tsv'}:\\d+: label 'neg' is not one of \\['negative', 'pos'\\] "
+                                      f"\\(the labels of {stray}, first at 'negative': line 2, 'pos': line 1\\)$"):
     ClassifyTask(cfg).prepare(tmp_path, print)
 
 
@@ -246,7 +250,11 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
       ([config, "--config.steps=-1"], "finetune: error: config.steps = -1 must be an integer >= 0"),
       ([config, "--config.batch_size=0"], "finetune: error: config.batch_size = 0 must be an integer >= 1"),
       ([config, "--config.optimizer.learning_rate=-1e-3"],
-       "finetune: error: config.optimizer.learning_rate = -0.001 must be > 0"),
+       "finetune: error: config.optimizer.learning_rate = -0.001 must be a finite number > 0"),
+      ([config, "--config.keep=0"], "finetune: error: config.keep = 0 must be an integer >= 1"),
+      ([config, "--config.log_every=0"], "finetune: error: config.log_every = 0 must be an integer >= 1"),
+      ([config, "--config.optimizer.learning_rate=inf"],
+       "finetune: error: config.optimizer.learning_rate = inf must be a finite number > 0"),
       ([config, "--workdir="], "finetune: error: --workdir is empty: give the folder for checkpoints and logs"),
       ([config, f"--workdir={a_file}"], f"finetune: error: --workdir {a_file}: is a file, not a folder"),
   ]

@@ -518,7 +518,7 @@ def parse_args(argv):
   for flag, text, known in checks:
     unknown = [v for v in text.split(",") if v and v not in known]
     if unknown:
-      p.error(f"{flag}: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+      p.exit(2, f"{p.prog}: error: {flag}: unknown {', '.join(map(repr, unknown))} (known: {', '.join(known)})\n")
   return args
 
 

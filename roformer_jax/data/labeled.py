@@ -22,7 +22,8 @@ class Example(NamedTuple):
 
 
 def read_labeled(path: str | os.PathLike, *, text_field: str = "text", label_field: str = "label") -> list[Example]:
-  """Every (text, label) of `path`. TSV: the label follows the last tab (the text may hold tabs).
+  """Every (text, label) of `path`. TSV: `text<TAB>label`, exactly one tab (a third column would otherwise
+  pass as the label, silently adding a class; texts that hold tabs go in .jsonl).
   JSON lines: an object with string `text_field` and `label_field` (a number label is read as its string)."""
   path = Path(path)
   if path.is_dir():
@@ -50,11 +51,13 @@ def read_labeled(path: str | os.PathLike, *, text_field: str = "text", label_fie
 
 
 def _parse_tsv(line: str) -> tuple[str | None, str]:
-  if "\t" not in line:
-    return None, "expected 'text<TAB>label', found no tab"
-  text, label = line.rsplit("\t", 1)
+  tabs = line.count("\t")
+  if tabs != 1:
+    return None, ("expected 'text<TAB>label', found no tab" if not tabs else
+                  f"expected 'text<TAB>label', found {tabs} tabs ({tabs + 1} columns; texts with tabs go in .jsonl)")
+  text, label = line.split("\t")
   if not label.strip():
-    return None, "empty label after the last tab"
+    return None, "empty label after the tab"
   if not text.strip():
     return None, "empty text"
   return text, label.strip()

@@ -134,6 +134,8 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
       raise
     print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+  import signal
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C must not turn the exit into a traceback
   import jax
   if jax.process_index() == 0:
     print(json.dumps(summary), flush=True)

@@ -80,6 +80,7 @@ class Preemption:
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}
 
 
 class Runner:
@@ -139,15 +140,20 @@ def total_steps(task: Task, cfg) -> int:
 
 def check_config(cfg) -> None:
   """The loop's own keys: sizes and counts that must be positive (or >= 0), named when they are not."""
-  rules = [("steps", 0), ("epochs", 0), ("batch_size", 1), ("accum_steps", 1), ("seq_len", 0)]
+  # keep >= 1: with 0 no checkpoint would stay, and the run could never resume.
+  rules = [("steps", 0), ("epochs", 0), ("batch_size", 1), ("accum_steps", 1), ("seq_len", 0), ("log_every", 1),
+           ("eval_every", 0), ("checkpoint_every", 0), ("keep", 1), ("keep_every", 0), ("export_every", 0),
+           ("optimizer.warmup_steps", 0)]
   for key, low in rules:
-    if key in cfg and not (isinstance(cfg[key], int) and cfg[key] >= low):
-      raise ConfigError(f"config.{key} = {cfg[key]!r} must be an integer >= {low}")
+    parent, _, leaf = key.rpartition(".")
+    node = cfg.get(parent, {}) if parent else cfg
+    if leaf in node and not (isinstance(node[leaf], int) and not isinstance(node[leaf], bool) and node[leaf] >= low):
+      raise ConfigError(f"config.{key} = {node[leaf]!r} must be an integer >= {low}")
   if cfg.get("seq_len") in (1, 2):  # 0 means "what the data needs" where a task derives it
     raise ConfigError(f"config.seq_len = {cfg.seq_len} must be at least 3 ([CLS], a token, [SEP])")
   lr = cfg.get("optimizer", {}).get("learning_rate")
-  if lr is not None and not lr > 0:
-    raise ConfigError(f"config.optimizer.learning_rate = {lr!r} must be > 0")
+  if lr is not None and not 0 < lr < math.inf:
+    raise ConfigError(f"config.optimizer.learning_rate = {lr!r} must be a finite number > 0")
 
 
 def _check_batch(cfg, mesh) -> int:
@@ -346,6 +352,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
           break
       if pending is not None:
         report(pending)
+      preempt.restore()  # from here Ctrl-C interrupts (the final evaluation has no step to save after)
       extra: dict[str, Any] = {}
       if not stopped:
         params = state.params
