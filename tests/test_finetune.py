@@ -248,13 +248,6 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
                                                     "'foo'; expected one of afqmc, tnews, iflytek, ocnli, cmnli, "
                                                     "csl, cluewsc, c3, chid, cmrc2018, cluener"),
       ([config, "--config.steps=-1"], "finetune: error: config.steps = -1 must be an integer >= 0"),
-      ([config, "--config.batch_size=0"], "finetune: error: config.batch_size = 0 must be an integer >= 1"),
-      ([config, "--config.optimizer.learning_rate=-1e-3"],
-       "finetune: error: config.optimizer.learning_rate = -0.001 must be a finite number > 0"),
-      ([config, "--config.keep=0"], "finetune: error: config.keep = 0 must be an integer >= 1"),
-      ([config, "--config.log_every=0"], "finetune: error: config.log_every = 0 must be an integer >= 1"),
-      ([config, "--config.optimizer.learning_rate=inf"],
-       "finetune: error: config.optimizer.learning_rate = inf must be a finite number > 0"),
       ([config, "--workdir="], "finetune: error: --workdir is empty: give the folder for checkpoints and logs"),
       ([config, f"--workdir={a_file}"], f"finetune: error: --workdir {a_file}: is a file, not a folder"),
   ]
@@ -262,6 +255,39 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
     out = _run(["--config", *args[:1], "--workdir", str(tmp_path / "w"), *args[1:]], expect=2)
     assert out.stderr.strip().splitlines() == [want], (args, out.stderr)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "broken.py"]
+  # The rest of the loop's checks, in process (the CLI prints them as the steps case above).
+  from finetune.configs import classify
+  from roformer_jax.config import ConfigError
+  from roformer_jax.train.loop import check_config
+  for key, value, message in [
+      ("batch_size", 0, "config.batch_size = 0 must be an integer >= 1"),
+      ("seq_len", 2, r"config.seq_len = 2 must be at least 3 \(\[CLS\], a token, \[SEP\]\)"),
+      ("keep", 0, "config.keep = 0 must be an integer >= 1"), ("log_every", 0, "config.log_every = 0 must be"),
+      ("eval_every", -1, "config.eval_every = -1 must be"), ("optimizer.warmup_steps", -3, "config.optimizer.warmup"),
+      ("optimizer.learning_rate", -1e-3, "config.optimizer.learning_rate = -0.001 must be a finite number > 0"),
+      ("optimizer.learning_rate", float("inf"), "config.optimizer.learning_rate = inf must be a finite")]:
+    cfg = classify.get_config()
+    cfg.update_from_flattened_dict({key: value})
+    with pytest.raises(ConfigError, match=f"^{message}"):
+      check_config(cfg)
+  check_config(classify.get_config())
+
+
+def test_first_ctrl_c_asks_for_a_save_the_second_interrupts():
+  """The loop's Preemption: SIGTERM or a first Ctrl-C only set the flag (the loop saves after the step and
+  exits 75: tests/test_pretrain.py); a second Ctrl-C raises KeyboardInterrupt (the CLI: one line, 130)."""
+  import signal
+  from roformer_jax.train.loop import Preemption
+  before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+  preempt = Preemption()
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preempt.requested and preempt.reached(1)
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  finally:
+    preempt.restore()
+  assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_export_and_from_pretrained_take_relative_paths_quietly(init, tmp_path, monkeypatch):
