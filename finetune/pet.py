@@ -22,12 +22,13 @@ from roformer_jax.train.task import Log, Task, fixed_seq_len
 
 def resolve_pattern(pattern: str) -> str:
   """A pattern string, or the name of one of the post's five (P1..P5)."""
-  from roformer_jax.config import ConfigError
   from roformer_jax.pet import patterns
-  if pattern not in patterns.SENTIMENT_PATTERNS and "{" not in pattern and len(pattern) <= 3:  # e.g. 'P9'
+  if pattern in patterns.SENTIMENT_PATTERNS:
+    return patterns.SENTIMENT_PATTERNS[pattern]
+  if "{text}" not in pattern:  # e.g. 'P9': say which names exist, not only that {text} is missing
     raise ConfigError(f"config.pattern = {pattern!r}: not a pattern name ({', '.join(patterns.SENTIMENT_PATTERNS)}) "
                       "nor a pattern with {text} and a blank")
-  return patterns.SENTIMENT_PATTERNS.get(pattern, pattern)
+  return pattern
 
 
 class StepBatches:
