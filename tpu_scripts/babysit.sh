@@ -7,14 +7,16 @@
 #       [--project P] [--interval 300] [--max-recreates 20] [--dry-run] [-- --config.key=value ...]
 #
 # Every --interval seconds it reads the slice's state. Preempted / terminated / gone: recreate
-# and relaunch. Ready: worker 0's exit code says finished (0: stop babysitting), crashed
-# (relaunch) or still running. --dry-run prints the watch commands and the recovery sequence.
+# and relaunch. Ready: worker 0's exit code says finished (0: stop babysitting), refused (2: a bad
+# input or a step too large for the memory; 3: a non-finite loss: stop, since a rerun would fail
+# the same way), stopped or crashed (75, others: relaunch) or still running. --dry-run prints the
+# watch commands and the recovery sequence.
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 HERE=$(dirname "${BASH_SOURCE[0]}")
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
 
 NAME="" ZONE="" QUEUED=0 INTERVAL=300 MAX_RECREATES=20
 COMMON=() CREATE=() SETUP=() LAUNCH=() OVERRIDES=()
@@ -100,6 +102,11 @@ while true; do
       case "$status" in
         running) ;;
         0) log "training finished on $NAME"; exit 0 ;;
+        2 | 3)  # deterministic: the same command would stop the same way, so do not burn the slice on it
+          log "training stopped with status $status (2: a bad input or a step too large for the memory;" \
+            "3: a non-finite loss); not relaunching. The reason is at the end of worker 0's log" \
+            "(tpu_scripts/logs.sh); fix it, then rerun this command"
+          exit 1 ;;
         "") log "could not reach worker 0; will retry" ;;
         *)
           log "training exited with status $status; relaunching (resumes from the last checkpoint)"

@@ -3,7 +3,8 @@
   --config FILE --workdir DIR [--config.key=value ...] [--coordinator HOST:PORT --num_processes N --process_id I]
 
 A bad input (config file or key, data line, checkpoint, path) ends the run with one line naming it and exit
-code 2; a non-finite loss with exit code 3. The summary is printed as one JSON line by process 0. A run
+code 2, as does a step too large for the memory (XLA's RESOURCE_EXHAUSTED: the line names the keys that size
+it); a non-finite loss with exit code 3. The summary is printed as one JSON line by process 0. A run
 stopped by SIGTERM or Ctrl-C saves a checkpoint, prints its summary and exits with code 75 (EX_TEMPFAIL:
 rerun the same command to resume), so that a scheduler or script never takes it for a finished one.
 """
@@ -78,20 +79,23 @@ def parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
-def check_workdir(workdir: str | None) -> None:
-  """A local --workdir must be a folder this process can create or write; gs:// and the like are not checked."""
+def check_workdir(workdir: str | None) -> bool:
+  """A local --workdir must be a folder this process can create or write; gs:// and the like are not checked.
+  Returns whether this call created it."""
   from roformer_jax.config import ConfigError
   if not workdir or not str(workdir).strip():
     raise ConfigError("--workdir is empty: give the folder for checkpoints and logs")
   if "://" in str(workdir):
-    return
+    return False
   path = Path(workdir).expanduser()
   if path.exists() and not path.is_dir():
     raise ConfigError(f"--workdir {workdir}: is a file, not a folder")
+  created = not path.exists()
   try:
     path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise ConfigError(f"--workdir {workdir}: cannot create it ({e.strerror}: {e.filename})") from e
+  return created
 
 
 def is_user_error(e: BaseException) -> bool:
@@ -102,6 +106,16 @@ def is_user_error(e: BaseException) -> bool:
   from roformer_jax.config import DataError  # every reader's (data.jsonl, data.sources, pet.reviews re-export it)
   return isinstance(e, (ConfigError, CheckpointError, DataError, FileNotFoundError, FileExistsError,
                         NotADirectoryError, IsADirectoryError, PermissionError))
+
+
+def out_of_memory(e: BaseException) -> str | None:
+  """One line for XLA's RESOURCE_EXHAUSTED (a step too large for the device or host, at compile or run time),
+  naming the keys that size it; None for anything else."""
+  if type(e).__name__ not in ("JaxRuntimeError", "XlaRuntimeError") or "RESOURCE_EXHAUSTED" not in str(e):
+    return None
+  first = str(e).strip().splitlines()[0]
+  return (f"out of memory: {first} (lower config.batch_size or config.seq_len, or raise config.accum_steps, "
+          "or set config.remat=full)")
 
 
 def main(prog: str, run: Callable[[Any, str], dict]) -> None:
@@ -117,9 +131,10 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax and grain log every save at INFO
   from roformer_jax.train.distributed import init_distributed
   from roformer_jax.train.loop import NonFiniteLoss, check_config
+  created = False
   try:
     check_config(FLAGS.config)
-    check_workdir(FLAGS.workdir)
+    created = check_workdir(FLAGS.workdir)
     # Before anything asks JAX for devices: otherwise each host would start alone and hang later.
     init_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id, FLAGS.init_timeout)
     summary = run(FLAGS.config, FLAGS.workdir)
@@ -130,9 +145,15 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
     print(f"{prog}: interrupted; the last saved checkpoint is untouched", file=sys.stderr, flush=True)
     sys.exit(130)
   except Exception as e:  # noqa: BLE001 -- only user errors are caught; the rest re-raise
-    if not is_user_error(e):
+    oom = out_of_memory(e)
+    if not oom and not is_user_error(e):
       raise
-    print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+    if created:  # a refused run leaves no empty workdir behind (rmdir: only if nothing was written)
+      try:
+        Path(FLAGS.workdir).expanduser().rmdir()
+      except OSError:
+        pass
+    print(f"{prog}: error: {oom or e}", file=sys.stderr, flush=True)
     sys.exit(2)
   import signal
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C must not turn the exit into a traceback

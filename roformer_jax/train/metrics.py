@@ -23,19 +23,25 @@ class MetricsWriter:
   def __init__(self, workdir: str | Path, total_steps: int, enabled: bool = True, tensorboard: bool = True):
     self.enabled = enabled
     self.total_steps = total_steps
+    self._workdir = Path(workdir)
+    self._tensorboard = tensorboard
     self._jsonl = None
     self._tb = None
-    if enabled:
-      workdir = Path(workdir)
-      workdir.mkdir(parents=True, exist_ok=True)
-      self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)
-      if tensorboard:
-        from tensorboardX import SummaryWriter  # lazy: only the writing process needs it
-        self._tb = SummaryWriter(str(workdir))
+
+  def _open(self) -> None:
+    # On the first row, not at construction: a run refused while its task prepares (bad data, a bad key)
+    # leaves no empty metrics.jsonl or TensorBoard events file behind.
+    self._workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self._workdir / "metrics.jsonl", "a", buffering=1)
+    if self._tensorboard:
+      from tensorboardX import SummaryWriter  # lazy: only the writing process needs it
+      self._tb = SummaryWriter(str(self._workdir))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
+    if self._jsonl is None:
+      self._open()
     row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(row) + "\n")
     if self._tb is not None:
