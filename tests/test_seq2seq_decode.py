@@ -89,3 +89,26 @@ def test_beam_of_one_is_greedy(length_penalty):
   np.testing.assert_array_equal(beam.tokens[:, 0], greedy.tokens)
   np.testing.assert_array_equal(beam.lengths[:, 0], greedy.lengths)
   np.testing.assert_allclose(beam.log_prob[:, 0], greedy.log_prob, rtol=1e-6)
+
+
+def test_pad_id_other_than_the_models_pad_token():
+  # Sources padded with pad_id = 1 (the config's pad_token_id is 0): the cached path must mask those
+  # slots as the re-encoding path does, and decode as the 0-padded sources do.
+  model, params = _model()
+  src = np.where(SRC == 0, 1, SRC)
+  want = decode.greedy_decode(model, params, SRC, max_new_tokens=N, end_id=-1)
+  for use_cache in (True, False):
+    got = decode.greedy_decode(model, params, src, max_new_tokens=N, end_id=-1, pad_id=1, use_cache=use_cache)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.log_prob, want.log_prob, atol=1e-5, rtol=1e-5)
+  beam = decode.beam_search(model, params, src, beam_size=2, max_new_tokens=N, end_id=-1, pad_id=1)
+  np.testing.assert_array_equal(beam.tokens,
+                                decode.beam_search(model, params, SRC, beam_size=2, max_new_tokens=N, end_id=-1).tokens)
+
+
+def test_max_new_tokens_below_one_is_refused():
+  model, params = _model()
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    decode.greedy_decode(model, params, SRC, max_new_tokens=0, end_id=3)
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    decode.beam_search(model, params, SRC, beam_size=2, max_new_tokens=0, end_id=3)

@@ -73,15 +73,17 @@ def _cached_steps(cfg: ModelConfig, source_ids: Array, max_new_tokens: int, pad_
 
   def prefill(params):
     cache = init_cache(cfg, batch, width + max_new_tokens)
+    # The key mask from pad_id (not the config's pad_token_id), as the re-encoding path and `n` have it.
     logits, new = model.apply({"params": params, "cache": cache}, source_ids, jnp.zeros_like(source_ids),
-                              position_ids=jnp.arange(width)[None], causal_ids=jnp.zeros_like(source_ids),
-                              masked_positions=(n - 1)[:, None], mutable=["cache"])
+                              source_ids != pad_id, position_ids=jnp.arange(width)[None],
+                              causal_ids=jnp.zeros_like(source_ids), masked_positions=(n - 1)[:, None],
+                              mutable=["cache"])
     return logits[:, 0], (new["cache"], n)
 
   def step(params, state, tokens, t):
     cache, lengths = state
     ids = tokens[:, None]
-    logits, new = model.apply({"params": params, "cache": cache}, ids, jnp.ones_like(ids),
+    logits, new = model.apply({"params": params, "cache": cache}, ids, jnp.ones_like(ids), ids != pad_id,
                               position_ids=(lengths + t)[:, None], causal_ids=jnp.full_like(ids, t + 1),
                               mutable=["cache"])
     return logits[:, 0], (new["cache"], lengths)
@@ -201,6 +203,11 @@ def _beam(cfg, params, source_ids, *, beam_size, max_new_tokens, end_id, pad_id,
   return Decoded(tokens, lengths, log_prob, score)
 
 
+def _check_max_new_tokens(max_new_tokens: int) -> None:
+  if max_new_tokens < 1:  # the first token is always generated (and counted in `lengths`)
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 def _cfg(model: RoFormerForMaskedLM | ModelConfig) -> ModelConfig:
   return model if isinstance(model, ModelConfig) else model.cfg
 
@@ -210,6 +217,7 @@ def greedy_decode(model: RoFormerForMaskedLM | ModelConfig, params: Any, source_
   """Greedy generation for each row of `source_ids` [B, S] ([CLS] src [SEP], right-padded with pad_id).
 
   Returns `Decoded` with tokens [B, max_new_tokens]. `params`: the (unboxed) RoFormerForMaskedLM params."""
+  _check_max_new_tokens(max_new_tokens)
   return _greedy(_cfg(model), params, jnp.asarray(source_ids, jnp.int32), max_new_tokens=max_new_tokens,
                  end_id=jnp.int32(end_id), pad_id=jnp.int32(pad_id), use_cache=use_cache)
 
@@ -221,6 +229,7 @@ def beam_search(model: RoFormerForMaskedLM | ModelConfig, params: Any, source_id
   (log_prob / length ** length_penalty; 0 = no length normalisation, 1 = mean log-probability)."""
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+  _check_max_new_tokens(max_new_tokens)
   return _beam(_cfg(model), params, jnp.asarray(source_ids, jnp.int32), beam_size=beam_size,
                max_new_tokens=max_new_tokens, end_id=jnp.int32(end_id), pad_id=jnp.int32(pad_id),
                length_penalty=jnp.float32(length_penalty), use_cache=use_cache)
