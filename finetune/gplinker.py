@@ -56,13 +56,12 @@ def read_source(cfg, kind: str, log: Log = print) -> tuple[list, dict[str, Any]]
     folder = data.dir
   else:
     raise ConfigError(f"config.data.source: unknown source {data.source!r}; expected people_daily or {official}")
-  if kind == "relation":
-    labels, corpora = readers.load_duie(folder)
-  else:
-    labels, corpora = readers.load_duee(folder, strict=data.strict)
+  load = readers.load_duie if kind == "relation" else readers.load_duee
+  labels, corpora = load(folder, strict=data.strict)
   skipped = [line for c in corpora.values() for line in c.skipped]
   if skipped:
-    log(f"{len(skipped)} arguments dropped from the files, the first: {skipped[0]}")
+    what = "triples" if kind == "relation" else "arguments"
+    log(f"{len(skipped)} {what} dropped from the files, the first: {skipped[0]}")
   return labels, {k: (c.examples, c.labelled) for k, c in corpora.items()}
 
 
@@ -88,7 +87,7 @@ def encode_split(tokenizer, examples: Sequence[Any], labelled: bool, kind: str, 
   names = GROUPS if kind == "relation" else ARGUMENT_GROUPS
   arrays.update({name: padded_rows(r) for name, r in zip(names, rows)})
   gold = [e.triples for e in examples] if kind == "relation" else [e.events for e in examples]
-  return Split(texts, gold, labelled, arrays, cmaps, dropped)
+  return Split(texts, gold, labelled, arrays, cmaps, dropped, [getattr(e, "id", None) for e in examples])
 
 
 class _GPLinkerTask(PointerTask):
@@ -197,7 +196,7 @@ class _GPLinkerTask(PointerTask):
     self.write_json_asset(workdir, f"{self.kind}_labels.json", [l if isinstance(l, str) else list(l)
                                                                 for l in self.labels])
 
-  def prediction_row(self, n: int, text: str, predicted: Any) -> dict:
+  def prediction_row(self, row_id: Any, text: str, predicted: Any) -> dict:
     raise NotImplementedError
 
   def finish(self, params: Any, runner, out_dir: Path) -> dict[str, Any]:
@@ -213,7 +212,8 @@ class _GPLinkerTask(PointerTask):
     if test.labelled:
       out.update({f"test_{k}": float(v) for k, v in self.score(predicted, test.gold).items()})
     if jax.process_index() == 0:
-      rows = (self.prediction_row(i, text, p) for i, (text, p) in enumerate(zip(test.texts, predicted)))
+      rows = (self.prediction_row(test.row_id(i), text, p) for i, (text, p) in enumerate(zip(test.texts,
+                                                                                            predicted)))
       out["predictions"] = str(write_jsonl(out_dir / "predictions" / "test.jsonl", rows))  # atomic
     return out
 
@@ -235,8 +235,8 @@ class RelationTask(_GPLinkerTask):
     from roformer_jax.extraction import metrics
     return metrics.triple_scores(predicted, gold)
 
-  def prediction_row(self, n, text, predicted) -> dict:
-    return {"id": n, "text": text, "spo_list": [{"subject": s, "predicate": p, "object": o} for s, p, o in predicted]}
+  def prediction_row(self, row_id, text, predicted) -> dict:
+    return {"id": row_id, "text": text, "spo_list": [{"subject": s, "predicate": p, "object": o} for s, p, o in predicted]}
 
 
 class EventTask(_GPLinkerTask):
@@ -258,16 +258,24 @@ class EventTask(_GPLinkerTask):
     from roformer_jax.extraction import metrics
     return metrics.event_scores(predicted, gold)
 
-  def prediction_row(self, n, text, predicted) -> dict:
-    """DuEE's submission form; as the reference's predict_to_file, events without a trigger and events whose
-    arguments are a subset of another event of the same type are left out."""
+  def prediction_row(self, row_id, text, predicted) -> dict:
+    """DuEE's submission form (the test file's own id); as the reference's predict_to_file, events without a trigger and events whose
+    arguments are a subset of another event of the same type are left out: its `isin` compares the event type
+    and the (role, argument text) pairs other than the trigger, an event replacing the earlier ones it covers."""
     from roformer_jax.extraction.decode import TRIGGER
-    events = [set(e) for e in predicted if any(a[1] == TRIGGER for a in e)]
-    kept = [e for e in events if not any(e < f for f in events)]
+
+    def covers(f, e):  # the reference's isin(e, f): same type, e's arguments among f's
+      return f[0][0] == e[0][0] and {a[1:3] for a in e if a[1] != TRIGGER} <= {a[1:3] for a in f if a[1] != TRIGGER}
+
+    kept: list = []
+    for e in (e for e in predicted if any(a[1] == TRIGGER for a in e)):
+      kept = [f for f in kept if not covers(e, f)]
+      if not any(covers(f, e) for f in kept):
+        kept.append(e)
     rows = []
     for e in sorted(map(sorted, kept)):
       trigger = next(a for a in e if a[1] == TRIGGER)
       rows.append({"event_type": trigger[0], "trigger": trigger[2], "trigger_start_index": trigger[3],
                    "arguments": [{"role": r, "argument": t, "argument_start_index": s} for _, r, t, s in e
                                  if r != TRIGGER]})
-    return {"id": n, "text": text, "event_list": rows}
+    return {"id": row_id, "text": text, "event_list": rows}

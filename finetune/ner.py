@@ -66,7 +66,8 @@ def encode_split(tokenizer, examples: Sequence[Any], labelled: bool, types: Sequ
     rows.append(set_rows(sets))
   arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "token_type_ids", "attention_mask")}
   arrays["spans"] = padded_rows(rows, max_entities)
-  return Split(texts, [tuple(e.entities) for e in examples], labelled, arrays, cmaps, dropped)
+  return Split(texts, [tuple(e.entities) for e in examples], labelled, arrays, cmaps, dropped,
+               [getattr(e, "id", None) for e in examples])
 
 
 def dense_labels(spans, heads: int, length: int):
@@ -194,7 +195,7 @@ class NerTask(PointerTask):
       scores = metrics.entity_scores(predicted, test.gold)
       out.update({f"test_{k}": float(scores[k]) for k in ("f1", "precision", "recall")})
     if jax.process_index() == 0:
-      rows = ({"id": i, "text": text, "entities": [list(e) for e in sorted(p)]}
+      rows = ({"id": test.row_id(i), "text": text, "entities": [list(e) for e in sorted(p)]}
               for i, (text, p) in enumerate(zip(test.texts, predicted)))
       out["predictions"] = str(write_jsonl(out_dir / "predictions" / "test.jsonl", rows))  # atomic
     return out

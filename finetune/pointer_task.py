@@ -25,9 +25,14 @@ class Split:
   arrays: dict[str, np.ndarray]
   cmaps: list[Any]
   dropped: int  # gold spans not on token boundaries (or truncated): not training labels
+  ids: list[Any] = dataclasses.field(default_factory=list)  # each line's own "id" where its file has one
 
   def __len__(self) -> int:
     return len(self.texts)
+
+  def row_id(self, n: int) -> Any:
+    """Row n's id in its file (DuEE, CLUENER test ids), for prediction files; else its row number."""
+    return self.ids[n] if n < len(self.ids) and self.ids[n] is not None else n
 
 
 def padded_rows(rows: Sequence[Sequence[tuple[int, int, int]]], width: int | None = None) -> np.ndarray:

@@ -231,10 +231,20 @@ def test_duie_reader(tmp_path):
   assert not data["test"].labelled and data["test"].examples[0].triples == ()
   for spo, why in [(_spo("王雪纯", "母亲", "x"), "unknown predicate '母亲'"),
                    (dict(_spo("王雪纯", "父亲", "x"), object={"@value": "x"}), "DuIE 2.0 complex object"),
-                   ({"predicate": "父亲", "object": "x"}, "missing field 'subject'")]:
+                   ({"predicate": "父亲", "object": "x"}, "missing field 'subject'"),
+                   (_spo("王雪纯", "父亲", " "), "empty subject or object")]:
     path = _jsonl(tmp_path / "bad.json", [row, dict(row, spo_list=[spo])])
     with pytest.raises(DataError, match=f"{path}:2: spo_list\\[0\\]: .*{why}"):
       readers.read_duie(path, predicates)
+  # strict=False: the empty triple is dropped and listed; the line's other triples stay.
+  path = _jsonl(tmp_path / "lenient.json", [dict(row, spo_list=[_spo("王雪纯", "父亲", ""), *row["spo_list"]])])
+  corpus = readers.read_duie(path, predicates, strict=False)
+  assert corpus.examples[0].triples == ex.triples
+  assert corpus.skipped == [f"{path}:1: spo_list[0]: empty subject or object"]
+  # A labelled file (train, dev) with one line that has no spo_list: that line is named, not read as no triples.
+  path = _jsonl(tmp_path / "gap.json", [row, {"text": "漏了标注的一行"}])
+  with pytest.raises(DataError, match=f"^{path}:2: no 'spo_list' field, which the file's other lines have$"):
+    readers.read_duie(path, predicates)
 
 
 DUEE_SCHEMA = [{"event_type": "财经/交易-出售/收购", "role_list": [{"role": "时间"}, {"role": "出售方"}, {"role": "交易物"}],
@@ -260,6 +270,9 @@ def test_duee_reader(tmp_path):
   assert ex.id == DUEE_ROW["id"] and ex.events == ((("组织关系-裁员", TRIGGER, "裁员", 2), ("组织关系-裁员", "裁员方", "雀巢", 0),
                                                      ("组织关系-裁员", "裁员人数", "4000人", 4)),)
   assert data["dev"].examples[1].events == () and data["test"].examples[0].id == "t1"
+  gap = _jsonl(tmp_path / "gap.json", [DUEE_ROW, {"text": "漏了标注的一行", "id": "t2"}])
+  with pytest.raises(DataError, match=f"^{gap}:2: no 'event_list' field, which the file's other lines have$"):
+    readers.read_duee(gap, labels)
 
 
 @pytest.mark.parametrize("change,why", [

@@ -211,6 +211,18 @@ def test_round_trip_entities_relations_events():
       dict(event_f1=1, event_precision=1, event_recall=1, argument_f1=1, argument_precision=1, argument_recall=1))
 
 
+def test_relation_labels_keep_positions_when_lower_case_is_longer():
+  """'İ'.lower() is two characters: a first occurrence found in text.lower() was one character off, and the
+  triple trained on 京在 / 国。 instead of 北京 / 中国."""
+  text = "İ北京在中国。"
+  cmap = _char_cmap(len(text))
+  (entity, head, tail), dropped = spans.relation_label_sets(text, [("北京", "p", "中国")], cmap, {"p": 0})
+  assert dropped == 0
+  assert entity == [{(2, 3)}, {(5, 6)}] and head == [{(2, 5)}] and tail == [{(3, 6)}]
+  (entity, _, _), dropped = spans.relation_label_sets(text, [("İ北京", "p", "中国")], cmap, {"p": 0})
+  assert dropped == 0 and entity == [{(1, 3)}, {(5, 6)}]
+
+
 def test_pair_labels_padding():
   batch = [[{(1, 2), (3, 3)}, set()], [{(2, 2)}, {(1, 1), (1, 4), (2, 5)}]]
   out = spans.pair_labels(batch)

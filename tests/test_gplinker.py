@@ -60,6 +60,22 @@ def test_event_rules_on_hand_examples():
                                            "alias": []}]}
 
 
+def test_prediction_rows_drop_covered_events_as_the_reference():
+  """predict_to_file's isin: an event whose (role, argument) pairs, trigger aside, are among those of another
+  event of its type is left out, whatever its trigger; a trigger-only event is covered by any; no trigger, no row."""
+  from finetune.gplinker import EventTask
+  task = EventTask.__new__(EventTask)  # prediction_row reads no config
+  predicted = [(("会见", TRIGGER, "会见", 5), ("会见", "主体", "张三", 0)),
+               (("会见", "主体", "王五", 9), ("会见", TRIGGER, "会晤", 20), ("会见", "客体", "李四", 23),
+                ("会见", "主体", "张三", 0)),
+               (("会见", TRIGGER, "接见", 30),),
+               (("出席", TRIGGER, "出席", 40),),
+               (("出席", "主体", "张三", 0),)]
+  rows = task.prediction_row(0, "", predicted)["event_list"]
+  assert [(r["event_type"], r["trigger"], [a["argument"] for a in r["arguments"]]) for r in rows] == [
+      ("会见", "会晤", ["张三", "王五", "李四"]), ("出席", "出席", [])]
+
+
 # ------------------------------------------------------------------------------------------------
 # Labels
 # ------------------------------------------------------------------------------------------------
@@ -155,7 +171,7 @@ def test_duie_folder_trains_end_to_end(init, tmp_path):
 
 def test_duee_folder_through_the_task(init, tmp_path):
   """DuEE files in the official format: event- and argument-level keys, predictions in DuEE's submission form
-  whose triggers and arguments are spans of their texts."""
+  (the file's ids) whose triggers and arguments are spans of their texts."""
   from finetune.run import run
   from roformer_jax.extraction import synthetic
   folder = tmp_path / "duee"
@@ -176,6 +192,7 @@ def test_duee_folder_through_the_task(init, tmp_path):
   assert isinstance(summary["dev_loss"], float) and isinstance(summary["best_eval_event_f1"], float)
   predicted = [json.loads(l) for l in open(summary["predictions"], encoding="utf-8")]
   assert [p["text"] for p in predicted] == [r["text"] for r in rows]
+  assert [p["id"] for p in predicted] == [r["id"] for r in rows]  # the test file's ids, as the submission needs
   for p in predicted:
     for e in p["event_list"]:
       assert e["event_type"] in synthetic.EVENT_TYPES

@@ -56,13 +56,6 @@ class ClueNerTask(NerTask):
     cfg.data.dir = str(find_folder(cfg.clue.dir))
     super().__init__(cfg)
 
-  def prepare(self, local_dir: Path, log) -> None:
-    from roformer_jax.extraction import readers
-    super().prepare(local_dir, log)
-    # Test ids as the file gives them (0..1344 in the official one); the line index where a line has none.
-    test = readers.load_cluener(self.cfg.data.dir, strict=self.cfg.data.strict).get("test")
-    self.test_ids = [e.id if e.id is not None else n for n, e in enumerate(test.examples)] if test else []
-
   def finish(self, params: Any, runner, out_dir: Path) -> dict[str, Any]:
     """Dev P/R/F1 of the final (best) params; the test entities as cluener_predict.json."""
     import jax
@@ -74,6 +67,7 @@ class ClueNerTask(NerTask):
       predicted, _ = self.predict(params, runner, "test")
       if jax.process_index() == 0:
         path = write_jsonl(out_dir / "predictions" / SUBMISSION,
-                           submission_rows(self.test_ids[:len(test)], test.texts, predicted))  # atomic
+                           submission_rows([test.row_id(n) for n in range(len(test))], test.texts,
+                                           predicted))  # atomic; ids as the file gives them
         out["predictions"] = {"test": str(path)}
     return out

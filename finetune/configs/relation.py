@@ -25,7 +25,7 @@ def get_config():
   c.data = ml_collections.ConfigDict(dict(
       source="people_daily",        # people_daily (synthetic labels over real text) | duie (official files)
       dir="",                       # duie: the folder of all_50_schemas, train_data.json, dev_data.json, ...
-      strict=True,                  # (events only) False: a span outside its text is dropped and counted
+      strict=True,                  # False: a triple with an empty subject or object is dropped and counted
       max_train=0,                  # the first N sentences of each split (0 = all: 3,461 synthetic)
       max_dev=1000,
       max_test=0))

@@ -231,13 +231,15 @@ def read_duie_schema(path: PathLike) -> list[str]:
   return list(predicates)
 
 
-def read_duie(path: PathLike, predicates: Sequence[str]) -> Corpus:
-  """A DuIE v1 file (JSON lines); lines without "spo_list" (the test file) have no triples."""
-  examples, labelled = [], False
+def read_duie(path: PathLike, predicates: Sequence[str], strict: bool = True) -> Corpus:
+  """A DuIE v1 file (JSON lines); "spo_list" on every line, or on none (the test file). A triple with an
+  empty subject or object is an error, or with `strict=False` dropped and listed in `Corpus.skipped`."""
+  examples, labelled, unlabelled, skipped = [], False, None, []
   for n, obj in read_jsonl(path):
     where = f"{path}:{n}"
     text = normalize(field(obj, "text", str, where))
     triples = []
+    unlabelled = unlabelled or ("spo_list" not in obj and where)
     if "spo_list" in obj:
       labelled = True
       for k, spo in enumerate(field(obj, "spo_list", list, where)):
@@ -249,20 +251,22 @@ def read_duie(path: PathLike, predicates: Sequence[str]) -> Corpus:
         s, o = normalize(field(spo, "subject", str, at)), normalize(field(spo, "object", str, at))
         p = _type(field(spo, "predicate", str, at), predicates, at, "predicate")
         if not s or not o:
-          raise DataError(f"{at}: empty subject or object")
+          _span_error(at, "empty subject or object", strict, skipped)
+          continue
         triples.append((s, p, o))
     examples.append(RelationExample(text, tuple(triples), where))
-  return Corpus(pathlib.Path(path), examples, labelled)
+  _all_or_none(labelled, unlabelled, "spo_list")
+  return Corpus(pathlib.Path(path), examples, labelled, skipped)
 
 
 DUIE_FILES = {"train": ("train_data.json",), "dev": ("dev_data.json",),
               "test": ("test1_data_postag.json", "test_data.json", "test1_data.json")}
 
 
-def load_duie(folder: PathLike) -> tuple[list[str], dict[str, Corpus]]:
+def load_duie(folder: PathLike, strict: bool = True) -> tuple[list[str], dict[str, Corpus]]:
   """(predicates, {split: Corpus}) of a DuIE v1 folder (all_50_schemas, train and dev, test if present)."""
   predicates = read_duie_schema(_find(folder, ("all_50_schemas", "all_50_schemas.json"), "schema"))
-  return predicates, _load(folder, DUIE_FILES, read_duie, predicates=predicates)
+  return predicates, _load(folder, DUIE_FILES, read_duie, predicates=predicates, strict=strict)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +292,7 @@ def read_duee_schema(path: PathLike) -> list[tuple[str, str]]:
 
 
 def read_duee(path: PathLike, labels: Sequence[tuple[str, str]], strict: bool = True) -> Corpus:
-  """A DuEE 1.0 file (JSON lines); lines without "event_list" (the test file) have no events.
+  """A DuEE 1.0 file (JSON lines); "event_list" on every line, or on none (the test file).
 
   Each event becomes (event_type, TRIGGER, trigger, trigger_start_index) followed by its arguments
   (event_type, role, argument, argument_start_index), as the reference's `load_data`.
@@ -296,11 +300,12 @@ def read_duee(path: PathLike, labels: Sequence[tuple[str, str]], strict: bool = 
   known = set(labels)
   kinds = sorted({k for k, _ in labels})
   skipped: list[str] = []
-  examples, labelled = [], False
+  examples, labelled, unlabelled = [], False, None
   for n, obj in read_jsonl(path):
     where = f"{path}:{n}"
     text = field(obj, "text", str, where)
     events = []
+    unlabelled = unlabelled or ("event_list" not in obj and where)
     if "event_list" in obj:
       labelled = True
       for k, e in enumerate(field(obj, "event_list", list, where)):
@@ -324,6 +329,7 @@ def read_duee(path: PathLike, labels: Sequence[tuple[str, str]], strict: bool = 
             event.append((kind, role, argument, astart))
         events.append(tuple(event))
     examples.append(EventExample(text, tuple(events), obj.get("id"), where))
+  _all_or_none(labelled, unlabelled, "event_list")
   return Corpus(pathlib.Path(path), examples, labelled, skipped)
 
 

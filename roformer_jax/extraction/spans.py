@@ -102,13 +102,13 @@ def relation_label_sets(text: str, triples: Iterable[tuple[str, str, str]], cmap
   Returns ((entity, head, tail), dropped): entity = [subject spans (s_h, s_t), object spans (o_h, o_t)],
   head = per predicate {(s_h, o_h)}, tail = per predicate {(s_t, o_t)}; dropped = triples left out.
   """
-  lower = text.lower()
+  lower = _lower(text)
   entity: list[set[Span]] = [set(), set()]
   head: list[set[Span]] = [set() for _ in range(len(predicates))]
   tail: list[set[Span]] = [set() for _ in range(len(predicates))]
   dropped = 0
   for s, p, o in triples:
-    s, o = s.lower(), o.lower()
+    s, o = _lower(s), _lower(o)
     if not s or not o or s not in lower or o not in lower:
       dropped += 1
       continue
@@ -122,6 +122,13 @@ def relation_label_sets(text: str, triples: Iterable[tuple[str, str, str]], cmap
     head[predicates[p]].add((subj[0], obj[0]))
     tail[predicates[p]].add((subj[1], obj[1]))
   return (entity, head, tail), dropped
+
+
+def _lower(text: str) -> str:
+  """str.lower() that keeps every character's position: the one character whose lower case is longer
+  ('İ' -> 'i̇') stays as it is, so that positions found in the lower-cased text are positions in `text`."""
+  low = text.lower()
+  return low if len(low) == len(text) else "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
 def event_label_sets(events: Iterable[Sequence[tuple[str, str, str, int]]], cmap: CharMap,
