@@ -77,6 +77,8 @@ def run(cfg, workdir: str | Path) -> dict[str, Any]:
   if pet.get("preempted"):  # stop here; the same command resumes PET, then trains the baseline
     return pet
   baseline = finetune_run.run(baseline_config(cfg, write_labels(cfg, workdir / "labels")), workdir / "cls")
+  if baseline.get("preempted"):  # saved, not finished (no dev/test accuracy yet): the same command resumes it
+    return baseline
   return {**pet, "pet_workdir": str(workdir / "pet"), "baseline_workdir": str(workdir / "cls"),
           "baseline_dev_accuracy": baseline["dev_accuracy"], "baseline_test_accuracy": baseline["test_accuracy"],
           "baseline_best_step": baseline.get("best_step")}

@@ -193,6 +193,26 @@ def test_suite_cli_resumes_an_unfinished_task(setup, tmp_path):
     assert sorted(z.namelist()) == ["afqmc_predict.json", "cluewsc10_predict.json", "cluewsc11_predict.json"]
 
 
+def test_suite_preempted_task_is_not_recorded_as_finished(tmp_path):
+  """A task stopped by SIGTERM (its run returns a `preempted` summary after saving a checkpoint) stops the suite
+  with PREEMPTED and writes no summary.json, so that the rerun resumes it rather than skipping it."""
+  from finetune.clue import suite
+  from roformer_jax.train.cli import PREEMPTED
+  calls = []
+
+  def preempted(cfg, workdir):
+    calls.append(cfg.clue.task)
+    return {"task": "clue", "step": 3, "preempted": True}
+
+  with pytest.raises(SystemExit) as exit_info:
+    suite.run_suite(str(tmp_path), "/init", tmp_path / "w", ["afqmc", "csl"], log=lambda s: None, run=preempted)
+  assert exit_info.value.code == PREEMPTED and calls == ["afqmc"]
+  assert not (tmp_path / "w" / "afqmc" / "summary.json").exists()
+  finished = lambda cfg, workdir: calls.append(cfg.clue.task) or {"dev_accuracy": 0.5, "step": 9, "best_step": 9}
+  rows = suite.run_suite(str(tmp_path), "/init", tmp_path / "w", ["afqmc", "csl"], log=lambda s: None, run=finished)
+  assert calls == ["afqmc", "afqmc", "csl"] and rows["afqmc"]["dev"] == 0.5
+
+
 def test_suite_bad_inputs():
   from finetune.clue import suite
   from roformer_jax.config import ConfigError

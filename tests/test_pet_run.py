@@ -169,3 +169,23 @@ def test_pet_compare_refuses_another_task(tmp_path):
   with pytest.raises(ConfigError, match=r"^config\.task is 'classify'; finetune\.pet_compare runs the pet task"):
     pet_compare.run(classify.get_config(), tmp_path)
   assert not list(tmp_path.iterdir())
+
+
+def test_pet_compare_passes_on_a_preempted_baseline(tmp_path, monkeypatch):
+  """The [CLS] baseline stopped by SIGTERM (a `preempted` summary, no accuracies): the driver returns that summary
+  (the CLI then exits PREEMPTED for the rerun that resumes it) instead of failing on the missing accuracies."""
+  from finetune import pet_compare
+  from finetune.configs import pet
+  runs = []
+
+  def fake_run(cfg, workdir):
+    runs.append(cfg.task)
+    if cfg.task == "pet":
+      return {"task": "pet", "dev_accuracy": 0.6, "test_accuracy": 0.6}
+    return {"task": "classify", "step": 2, "preempted": True}
+
+  monkeypatch.setattr(pet_compare.finetune_run, "run", fake_run)
+  monkeypatch.setattr(pet_compare, "write_labels", lambda cfg, folder: {s: str(folder / s) for s in
+                                                                        ("train", "dev", "test")})
+  summary = pet_compare.run(pet.get_config(), tmp_path)
+  assert runs == ["pet", "classify"] and summary.get("preempted") is True

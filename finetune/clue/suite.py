@@ -7,7 +7,8 @@
 (finetune/configs/clue.py; `--set key=value` overrides a config key for every task, `--set task:key=value` for
 that task only). A finished task writes
 <workdir>/<task>/summary.json (atomically) and is skipped by a rerun; an unfinished one resumes from its last
-checkpoint, so rerunning the same command completes a half-finished suite. At the end:
+checkpoint, so rerunning the same command completes a half-finished suite (a preempted task stops the suite
+with exit code 75 and writes no summary). At the end:
   <workdir>/results.json   task -> dev metric, best step, prediction files
   <workdir>/results.md     the same as a markdown table
   <workdir>/clue_submission.zip   every test prediction under its official name (afqmc_predict.json, ...,
@@ -137,6 +138,10 @@ def run_suite(clue_dir: str, init: str, workdir: str | Path, tasks: Sequence[str
     log(f"[suite] {task}: training in {workdir / task}"
         + (" (resuming from its checkpoints)" if (workdir / task / "checkpoints").is_dir() else ""))
     summary = run(configs[task], workdir / task)
+    if summary.get("preempted"):  # saved, not finished: no summary, so that the same command resumes it
+      from roformer_jax.train.cli import PREEMPTED
+      log(f"[suite] {task}: preempted at step {summary.get('step')}; rerun the same command to resume")
+      raise SystemExit(PREEMPTED)
     _atomic_write(path, json.dumps(summary, ensure_ascii=False, indent=1).encode("utf-8"))
     summaries[task] = summary
   rows = {t: result_row(t, s) for t, s in summaries.items()}
