@@ -60,6 +60,10 @@ def test_classification_loss_is_the_mean_cross_entropy_over_real_examples():
   assert float(stats["accuracy"]) == float((logits.argmax(-1) == batch["labels"])[:2].sum())
   evals = objectives.classification_eval(model)(params, batch)
   np.testing.assert_allclose(float(evals["loss"]), ce[:2].sum(), rtol=1e-5)
+  # Tied logits count as the first class (argmax, as the predictions written), not correct for every label.
+  tied = dict(labels=np.array([0, 1], np.int32), weights=np.ones(2, np.float32))
+  _, stats = objectives._classification_sums(jnp.full((2, 2), 0.5), tied)
+  assert float(stats["accuracy"]) == 1.0
 
 
 def test_flop_count_matches_xla_cost_analysis():

@@ -10,9 +10,11 @@ Common to every task (snippets.py and the task scripts):
 * segment ids all 0, also for pairs; at most `max_len` tokens (`roformer_jax.data.classify`);
 * optimiser: bert4keras AdaFactor(learning_rate=5e-4, beta1=0.9, min_dim_size_to_factor=10**6), constant
   learning rate, no warm-up, no weight decay (`roformer_jax.train.adafactor.clue_adafactor`);
-* an epoch is ceil(n_train / batch_size) steps over freshly shuffled training data (the last batch is
-  partial); dev accuracy after every epoch; the weights with the best dev accuracy so far (strictly
-  greater) are kept and predict the test files.
+* an epoch is ceil(n_train / batch_size) steps over freshly shuffled training data; where the reference's
+  last batch of an epoch is partial, ours is filled from the next epoch's shuffle (every step a full batch:
+  one compiled shape), so an epoch's dev evaluation comes up to batch_size - 1 examples later; dev accuracy
+  after every epoch; the weights with the best dev accuracy so far (strictly greater) are kept and predict
+  the test files.
 """
 
 from __future__ import annotations
