@@ -166,6 +166,15 @@ def test_suite_runs_a_subset_and_skips_finished_tasks(setup, tmp_path):
     assert sorted(z.namelist()) == ["afqmc_predict.json", "csl_predict.json"]
     assert [json.loads(x)["id"] for x in z.read("csl_predict.json").decode().splitlines()] == ["4"]
   assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+  # A later command for csl alone, in the workdir moved elsewhere: afqmc, finished by an earlier command,
+  # stays in the table and the zip, whose files are found under the moved workdir.
+  moved = tmp_path.parent / f"{tmp_path.name}_moved"
+  tmp_path.rename(moved)
+  lines.clear()
+  again = suite.run_suite(str(clue_dir), str(init), moved, ["csl"], SUITE_SET, log=lines.append)
+  assert again == rows and any("afqmc: finished by an earlier command" in x for x in lines)
+  with zipfile.ZipFile(moved / "clue_submission.zip") as z:
+    assert sorted(z.namelist()) == ["afqmc_predict.json", "csl_predict.json"]
 
 
 def test_suite_cli_resumes_an_unfinished_task(setup, tmp_path):

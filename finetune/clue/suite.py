@@ -8,7 +8,8 @@
 that task only). A finished task writes
 <workdir>/<task>/summary.json (atomically) and is skipped by a rerun; an unfinished one resumes from its last
 checkpoint, so rerunning the same command completes a half-finished suite (a preempted task stops the suite
-with exit code 75 and writes no summary). At the end:
+with exit code 75 and writes no summary). At the end, over every task finished in <workdir> (by this command
+or an earlier one with other --tasks):
   <workdir>/results.json   task -> dev metric, best step, prediction files
   <workdir>/results.md     the same as a markdown table
   <workdir>/clue_submission.zip   every test prediction under its official name (afqmc_predict.json, ...,
@@ -144,7 +145,13 @@ def run_suite(clue_dir: str, init: str, workdir: str | Path, tasks: Sequence[str
       raise SystemExit(PREEMPTED)
     _atomic_write(path, json.dumps(summary, ensure_ascii=False, indent=1).encode("utf-8"))
     summaries[task] = summary
-  rows = {t: result_row(t, s) for t, s in summaries.items()}
+  # Tasks finished in this workdir by earlier commands (another --tasks list) stay in the table and the zip.
+  for task in SUITE:
+    path = workdir / task / SUMMARY
+    if task not in summaries and path.is_file():
+      summaries[task] = json.loads(path.read_text(encoding="utf-8"))
+      log(f"[suite] {task}: finished by an earlier command ({path}); kept in the results")
+  rows = {t: result_row(t, summaries[t]) for t in SUITE if t in summaries}
   write_results(workdir, rows)
   return rows
 
@@ -171,9 +178,11 @@ def write_results(workdir: Path, rows: dict[str, dict]) -> None:
   os.close(fd)
   try:
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-      for r in rows.values():
+      for task, r in rows.items():
         for p in r["predictions"].values():
-          z.write(p, arcname=Path(p).name)
+          # The summary holds absolute paths; a workdir moved since has the file under <workdir>/<task>/.
+          moved = workdir / task / "predictions" / Path(p).name
+          z.write(p if Path(p).is_file() or not moved.is_file() else moved, arcname=Path(p).name)
     os.replace(tmp, workdir / "clue_submission.zip")
   except BaseException:
     os.unlink(tmp)
