@@ -36,6 +36,14 @@ def test_cmrc_windows_as_the_reference(tmp_path):
   assert all(w.answer == "" and w.end == -1 for w in windows if w.start < 0)
 
 
+def test_cmrc_windows_answer_start_in_normalised_text():
+  # Normalising expands the Hangul before the answer (서울: 2 -> 5 characters) and drops the accent of "é":
+  # answer_start (the file's) is moved into the normalised context, where the label must sit.
+  ctx = "首尔（서울）是韩国首都，Café Paris位于此。"
+  (w,) = M.cmrc_windows("Q", "问", ctx, "Café Paris", ctx.index("Café Paris"), maxlen=64)
+  assert len(w.context) == len(ctx) + 3 and w.context[w.start:w.end] == "cafe paris" == w.answer
+
+
 def test_cmrc_test_file_and_errors(tmp_path):
   qas = [{"id": "T1", "question": "问", "answers": []}, {"id": "T2", "question": "问"}]
   questions, windows = M.read_cmrc(_cmrc_file(tmp_path / "test.json", qas), maxlen=12, stride=4)
@@ -61,6 +69,11 @@ def test_cmrc_test_file_and_errors(tmp_path):
     (["Hello World"], "hello", 0, 2 / 3),              # lower-cased; Latin runs split into words
     (["北京", "北京大学"], "北京大学", 1, 1.0),          # the best answer counts
     (["天安门"], "故宫", 0, 0.0),
+    # nltk keeps symbols it has no rule for inside the word: "—1945" and "30°c" are one segment each
+    (["1943年—1945年"], "1945年", 0, 1 / 3),           # gold 1943|年|—1945|年: only 年 in common
+    (["零下30°C"], "30", 0, 0.0),
+    (["hello..."], "hello", 0, 2 / 3),                  # "..." one segment
+    (["……"], "…", 0, 0.0),                              # one segment each, different
 ])
 def test_cmrc_official_em_f1_hand_cases(answers, prediction, em, f1):
   assert S.cmrc_em(answers, prediction) == em
@@ -76,6 +89,21 @@ def test_cmrc_official_totals_and_segmentation():
   assert S.mixed_segmentation("iPhone 12于2020年发布，售价5,499元") == \
       ["iphone", "12", "于", "2020", "年", "发", "布", "，", "售", "价", "5,499", "元"]
   assert S.mixed_segmentation("《三体》", remove_punctuation=True) == ["三", "体"]
+  assert S.word_tokenize('he said "hi" (30°c, 3×4) 1,000... can\'t $5 a.b.') == [
+      "he", "said", "``", "hi", "''", "(", "30°c", ",", "3×4", ")", "1,000", "...", "ca", "n't", "$", "5", "a.b", "."]
+
+
+def test_word_tokenize_equals_nltk():
+  """`word_tokenize` against nltk's own NLTKWordTokenizer (what nltk.word_tokenize runs on each sentence; the
+  sentence split needs punkt data, which nothing here downloads) on random runs of the characters CMRC answers'
+  non-CJK runs hold: Latin, digits, quotes, brackets and symbols."""
+  from nltk.tokenize.destructive import NLTKWordTokenizer
+  nltk_tokenize = NLTKWordTokenizer().tokenize
+  rng = np.random.default_rng(0)
+  alphabet = list("abcXYZ0159 .,:;'\"`-_()[]{}<>!?$%&@#*/…—°×«»“”‘’") + ["n't", "can", "...", "--", "''", "``"]
+  for _ in range(3000):
+    text = "".join(rng.choice(alphabet, size=int(rng.integers(1, 16))))
+    assert S.word_tokenize(text) == nltk_tokenize(text), repr(text)
 
 
 def test_cmrc_strict_metric():

@@ -91,6 +91,18 @@ def test_windows_encode_as_the_reference(tmp_path):
   assert mrc_metrics.cmrc_strict([w.qid for w in windows], cells, scores, labels) == 1.0
 
 
+def test_answer_text_maps_normalised_spans_to_the_file_characters():
+  """Spans are found in the normalised window (lower case, NFD, marks dropped); the answer is the file's text."""
+  for ctx, answer in [("首尔（서울）是韩国首都，Café Paris位于此。", "Café Paris"),  # Hangul expands, é keeps its length
+                      ("他去了Cafe\u0301吧", "Cafe\u0301"),                      # a combining mark is dropped
+                      ("İstanbul和서울", "İstanbul"), ("ＡＢＣ公司", "ＡＢＣ公司")]:
+    q = M.Question("Q", "问", ctx, (answer,))
+    (w,) = M.cmrc_windows("Q", "问", ctx, "", -1, maxlen=64)
+    first = w.context.index(M.normalize(answer))
+    assert mrc.answer_text(q, w, first, first + len(M.normalize(answer))) == answer
+    assert mrc.answer_text(q, w, first, first) == ""
+
+
 def test_span_loss_is_softmax_ce_over_the_open_cells():
   import jax
 

@@ -19,6 +19,7 @@ fractions, the official script prints percentages). Test: <workdir>/predictions/
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -103,14 +104,25 @@ def encode_windows(tokenizer, questions: list[mrc_data.Question], windows: list[
   return Windows(questions, windows, arrays, starts, ends, truncated)
 
 
+@functools.lru_cache(maxsize=1024)
+def _normalized_ends(context: str) -> np.ndarray:
+  """Per character of `context`: where its normalised text ends in `mrc_data.normalize(context)` (normalising
+  drops combining marks and expands e.g. Hangul syllables)."""
+  return np.cumsum([len(mrc_data.normalize(ch)) for ch in context], dtype=np.int64)
+
+
 def answer_text(question: mrc_data.Question, window: mrc_data.Window, first: int, last: int) -> str:
-  """Characters [first, last) of `window` as text of the file's context where normalising kept every
-  character in place (the case as written), else of the normalised window (as the reference)."""
+  """Characters [first, last) of `window` (normalised text) as the file's context writes them (the case and
+  accents as written): the characters whose normalised text they cover, with the marks normalising dropped
+  after the last one."""
   if first < 0 or last <= first:
     return ""
-  if len(mrc_data.normalize(question.context)) == len(question.context):
-    return question.context[window.offset + first:window.offset + last]
-  return window.context[first:last]
+  ends = _normalized_ends(question.context)
+  lo = int(np.searchsorted(ends, window.offset + first, side="right"))  # the character holding `first`
+  hi = int(np.searchsorted(ends, window.offset + last, side="left")) + 1  # ... and `last - 1`
+  while hi < len(ends) and ends[hi] == ends[hi - 1]:
+    hi += 1
+  return question.context[lo:hi]
 
 
 def answers(data: Windows, cells: np.ndarray, scores: np.ndarray) -> dict[str, str]:

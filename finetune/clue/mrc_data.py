@@ -82,8 +82,11 @@ class Question:
 
 def cmrc_windows(qid: str, question: str, context: str, answer: str, start: int, maxlen: int = 512,
                  stride: int = 128) -> list[Window]:
-  """The reference's `stride_split`: windows of (maxlen - len(question) - 3) characters every `stride`."""
+  """The reference's `stride_split`: windows of (maxlen - len(question) - 3) characters every `stride`; `start`:
+  the answer's first character in `context` as written (answer_start)."""
   q, c, a = normalize(question), normalize(context), normalize(answer)
+  if start > 0:  # the answer's start in the normalised context (the reference keeps the file's: off by the
+    start = len(normalize(context[:start]))  # characters normalising adds or drops before it, e.g. Hangul)
   end = start + len(a)
   width = maxlen - len(q) - 3
   if width <= 0:

@@ -6,11 +6,12 @@ prediction equals some answer after removing the punctuation characters `PUNCTUA
 of the F1 of the longest common *contiguous* run of segments, segments being single CJK characters
 (U+4E00..U+9FA5) and the word tokens of the runs between them, punctuation removed. Scores are percentages over
 all questions of the reference file (an unanswered question scores 0). The official script tokenises the
-non-CJK runs with nltk.word_tokenize; here `word_tokenize` (no nltk needed) keeps words and numbers whole
-(3.5 and 1,000 too, as nltk's Treebank rules) and splits every other symbol off: the same segments for the
-digits, Latin words and symbols CMRC answers hold. English contractions differ ("don't": "do", "n't" in
-nltk). The official list holds "……" (two characters), which never matches one character: kept, as it
-changes nothing.
+non-CJK runs with nltk.word_tokenize; `word_tokenize` here is nltk's `NLTKWordTokenizer` (the Treebank rules
+word_tokenize applies; nltk 3.9, Apache 2.0) without nltk: split at whitespace, a few symbols split off
+(quotes, brackets, ;@#$%&?!*, "," and ":" before a non-digit, "..", a final "."), every other symbol kept in
+its word ("30°c", "1943—1945", "3×4", "……" are one segment each). nltk first cuts the run into sentences
+(punkt, model data): not done here, so "a. b" inside one run keeps "a." whole. The official list holds
+"……" (two characters), which never matches one character: kept, as it changes nothing.
 
 The reference's own CMRC metric (`Evaluator.evaluate`, "strict"): per question, the window whose best cell
 scores highest; right iff its (start, end) equals that window's label (a window without the answer: (0, 0)).
@@ -27,12 +28,38 @@ import numpy as np
 PUNCTUATION = frozenset(['-', ':', '_', '*', '^', '/', '\\', '~', '`', '+', '=', '，', '。', '：', '？', '！', '“', '”',
                          '；', '’', '《', '》', '……', '·', '、', '「', '」', '（', '）', '－', '～', '『', '』'])
 _CJK = re.compile(r"[\u4e00-\u9fa5]")
-_WORD = re.compile(r"\w+(?:[.,]\w+)*|[^\w\s]")
+
+
+def _sub(rules):
+  return [(re.compile(p), r) for p, r in rules]
+
+
+# nltk.tokenize.destructive.NLTKWordTokenizer (nltk 3.9.1), in order: (regex, replacement) rules, then split.
+_STARTING_QUOTES = _sub([("([«“‘„]|[`]+)", r" \1 "), (r'^\"', r"``"), (r"(``)", r" \1 "),
+                         (r"([ \(\[{<])(\"|\'{2})", r"\1 `` "), (r"(?i)(\')(?!re|ve|ll|m|t|s|d|n)(\w)\b", r"\1 \2")])
+_PUNCTUATION = _sub([(r'([^\.])(\.)([\]\)}>"\'' "»”’ " r"]*)\s*$", r"\1 \2 \3 "), (r"([:,])([^\d])", r" \1 \2"),
+                     (r"([:,])$", r" \1 "), (r"\.{2,}", r" \g<0> "), (r"[;@#$%&]", r" \g<0> "),
+                     (r'([^\.])(\.)([\]\)}>"\']*)\s*$', r"\1 \2\3 "), (r"[?!]", r" \g<0> "), (r"([^'])' ", r"\1 ' "),
+                     (r"[*]", r" \g<0> "), (r"[\]\[\(\)\{\}\<\>]", r" \g<0> "), (r"--", r" -- ")])
+_ENDING_QUOTES = _sub([("([»”’])", r" \1 "), (r"''", " '' "), (r'"', " '' "), (r"\s+", " "),
+                       (r"([^' ])('[sS]|'[mM]|'[dD]|') ", r"\1 \2 "),
+                       (r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) ", r"\1 \2 ")])
+_CONTRACTIONS = _sub([(p, r" \1 \2 ") for p in (
+    r"(?i)\b(can)(?#X)(not)\b", r"(?i)\b(d)(?#X)('ye)\b", r"(?i)\b(gim)(?#X)(me)\b", r"(?i)\b(gon)(?#X)(na)\b",
+    r"(?i)\b(got)(?#X)(ta)\b", r"(?i)\b(lem)(?#X)(me)\b", r"(?i)\b(more)(?#X)('n)\b", r"(?i)\b(wan)(?#X)(na)(?=\s)",
+    r"(?i) ('t)(?#X)(is)\b", r"(?i) ('t)(?#X)(was)\b")])
 
 
 def word_tokenize(text: str) -> list[str]:
-  """Words and numbers (3.5, 1,000 kept whole), every other symbol a token of its own; see the module doc."""
-  return _WORD.findall(text)
+  """nltk's NLTKWordTokenizer (what nltk.word_tokenize applies to each sentence); see the module doc."""
+  for rules in (_STARTING_QUOTES, _PUNCTUATION):
+    for regex, repl in rules:
+      text = regex.sub(repl, text)
+  text = " " + text + " "
+  for rules in (_ENDING_QUOTES, _CONTRACTIONS):
+    for regex, repl in rules:
+      text = regex.sub(repl, text)
+  return text.split()
 
 
 def mixed_segmentation(text: str, remove_punctuation: bool = False) -> list[str]:
