@@ -253,6 +253,23 @@ def _choice_dir(root):
   return root
 
 
+def test_chid_eval_accuracy_is_the_assignment():
+  """CHID's eval_accuracy (which picks the best checkpoint) is the per-passage assignment, not the argmax: two
+  blanks of one passage that both prefer candidate 0 are assigned 0 and 1."""
+  import types
+  from finetune.clue.choice import ChoiceTask
+  task = ChoiceTask.__new__(ChoiceTask)
+  task.task = "chid"
+  task.data = {"dev": [types.SimpleNamespace(passage=0), types.SimpleNamespace(passage=0)]}
+  task.splits = {"dev": {"labels": np.array([0, 1], np.int32)}}
+  logits = np.array([[5.0, 1.0], [3.0, 0.0]])
+  task._logits = lambda params, runner, name: logits
+  got = task.evaluate(None, None)
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  assert got["eval_accuracy"] == 1.0 and got["eval_argmax_accuracy"] == 0.5 and got["eval_examples"] == 2
+  np.testing.assert_allclose(got["eval_loss"], -(logp[0, 0] + logp[1, 1]) / 2, rtol=1e-12)
+
+
 @pytest.mark.parametrize("task,seq_len", [("c3", 48), ("chid", 32)])
 def test_choice_tasks_end_to_end(tiny_pretrained, tmp_path_factory, task, seq_len, capsys):
   from finetune import run
@@ -274,4 +291,7 @@ def test_choice_tasks_end_to_end(tiny_pretrained, tmp_path_factory, task, seq_le
     path = workdir / "predictions" / "chid10_predict.json"
     got = json.loads(path.read_text())
     assert set(got) == {"#idiom000000#", "#idiom000001#"} and got["#idiom000000#"] != got["#idiom000001#"]
+    # The evals that chose the best checkpoint score the per-passage assignment, as the reference's evaluator.
+    evals = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval_accuracy" in l]
+    assert evals and all("eval_argmax_accuracy" in e and 0 <= e["eval_loss"] for e in evals)
   assert summary["predictions"] == {("test" if task == "c3" else "test1.0"): str(path)}
