@@ -1,11 +1,14 @@
 """CSL title generation (roformer_jax.seq2seq.csl): the reader over files in the official layout, and the
-bert4keras example's metrics on cases worked out by hand (the same values as the `rouge` 1.0.1 and NLTK 3.9.1
-packages give; checked once against them on 3,000 random pairs, including '.' in titles)."""
+bert4keras example's metrics against the example's own evaluation with the real `rouge` 1.0.1 and NLTK 3.9.1
+packages, on hand cases and random pairs ('.', spaces, upper case and repeated characters included)."""
 
-import math
+import random
 import re
 
 import pytest
+from nltk.translate.bleu_score import SmoothingFunction
+from nltk.translate.bleu_score import sentence_bleu as nltk_sentence_bleu
+from rouge import Rouge
 
 from roformer_jax.data.jsonl import DataError
 from roformer_jax.seq2seq import csl
@@ -37,23 +40,67 @@ def test_bad_line_names_file_and_line(tmp_path, line, message):
     csl.load_csl(tmp_path)
 
 
-def test_metrics_by_hand():
-  ref, hyp = " ".join("文本分类"), " ".join("分类文本分类")
-  # Distinct unigrams equal: P = R = 1. Distinct bigrams: hyp {分类, 类文, 文本, 本分}, ref {文本, 本分, 分类}.
-  assert csl.rouge_n(hyp, ref, 1) == pytest.approx(1.0, abs=1e-7)
-  assert csl.rouge_n(hyp, ref, 2) == pytest.approx(2 * 0.75 / 1.75, abs=1e-7)
-  assert csl.rouge_l(hyp, ref) == pytest.approx(1.0, abs=1e-7)  # LCS 文本分类, 4 distinct words of 4
-  # Clipped n-gram precisions 4/6, 3/5, 2/4, 1/3; the hypothesis is longer: no brevity penalty.
-  assert csl.sentence_bleu(ref.split(" "), hyp.split(" ")) == pytest.approx((4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25)
-  # Two characters of eight: brevity penalty e^(1 - 8/2); no 3- or 4-grams: method1's 0.1 / 1 for both.
-  ref, hyp = " ".join("中文分词方法研究"), " ".join("研究")
-  assert csl.sentence_bleu(ref.split(" "), hyp.split(" ")) == pytest.approx(math.exp(-3) * (0.1 * 0.1) ** 0.25)
-  assert csl.rouge_n(hyp, ref, 1) == pytest.approx(2 * (1 * 0.25) / 1.25, abs=1e-7)
-  assert csl.sentence_bleu(["a", "b"], ["c", "d"]) == 0.0  # no unigram in common
+def example_evaluate(predictions, titles):
+  """bert4keras's `Evaluator.evaluate` (examples/task_seq2seq_autotitle_csl.py) with the real `rouge` and NLTK,
+  its argument order and averaging kept: hyps = the prediction, refs = the title; / all samples."""
+  rouge, smooth = Rouge(), SmoothingFunction().method1
+  total = {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu": 0.0}
+  for title, pred in zip(titles, predictions):
+    title, pred_title = " ".join(title).lower(), " ".join(pred).lower()
+    if pred_title.strip():
+      scores = rouge.get_scores(hyps=pred_title, refs=title)
+      for m in ("rouge-1", "rouge-2", "rouge-l"):
+        total[m] += scores[0][m]["f"]
+      total["bleu"] += nltk_sentence_bleu(references=[title.split(" ")], hypothesis=pred_title.split(" "),
+                                          smoothing_function=smooth)
+  return {k: v / len(titles) for k, v in total.items()}
+
+
+HAND_CASES = [
+    ("文本分类", "分类文本分类"),        # repeated characters, longer prediction
+    ("中文分词方法研究", "研究"),        # brevity penalty, no 3-/4-grams
+    ("文本分类", "文本分类"),            # identical
+    ("文", "文"), ("文", "本"), ("文", "文文文"), ("文本", "文"),  # single-character titles / predictions
+    ("啊啊啊啊", "啊啊"), ("abab", "baba"),
+    ("基于SVM的文本分类", "基于svm的文本分类"),  # the example lower-cases both sides
+    ("BERT模型", "Bert模型"), ("a.b.c", "a b.c"),  # '.' splits rouge's sentences; spaces
+]
+
+
+@pytest.mark.parametrize("title, pred", HAND_CASES)
+def test_metrics_equal_rouge_and_nltk_on_hand_cases(title, pred):
+  want = example_evaluate([pred], [title])
+  assert csl.title_scores([pred], [title]) == pytest.approx(want, rel=1e-12, abs=1e-12)
+  ref, hyp = " ".join(title).lower(), " ".join(pred).lower()
+  scores = Rouge().get_scores(hyps=hyp, refs=ref)[0]
+  assert csl.rouge_n(hyp, ref, 1) == pytest.approx(scores["rouge-1"]["f"], rel=1e-12, abs=1e-12)
+  assert csl.rouge_n(hyp, ref, 2) == pytest.approx(scores["rouge-2"]["f"], rel=1e-12, abs=1e-12)
+  assert csl.rouge_l(hyp, ref) == pytest.approx(scores["rouge-l"]["f"], rel=1e-12, abs=1e-12)
+
+
+def test_metrics_equal_rouge_and_nltk_on_random_pairs():
+  rng = random.Random(0)
+  alphabet = "文本分类中研究方法aAbB. "
+  titles, preds = [], []
+  for _ in range(400):
+    title = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))
+    if not title.replace(".", ""):  # a title of '.' only has no rouge sentence (the package raises)
+      title += "文"
+    pred = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+    if pred and not pred.replace(".", ""):  # likewise a prediction of '.' only (the example would raise too)
+      pred = ""
+    titles.append(title)
+    preds.append(pred)
+    assert csl.title_scores([pred], [title]) == pytest.approx(example_evaluate([pred], [title]), rel=1e-12,
+                                                              abs=1e-12), (title, pred)
+  assert csl.title_scores(preds, titles) == pytest.approx(example_evaluate(preds, titles), rel=1e-12)
 
 
 def test_title_scores_average_over_all_samples_empty_scores_zero():
-  got = csl.title_scores(["文本分类", ""], ["文本分类", "中文分词"])
-  assert got == pytest.approx({"rouge-1": 0.5, "rouge-2": 0.5, "rouge-l": 0.5, "bleu": 0.5}, abs=1e-7)
+  preds, titles = ["文本分类", "", " "], ["文本分类", "中文分词", "分词"]
+  got = csl.title_scores(preds, titles)
+  assert got == pytest.approx(example_evaluate(preds, titles), rel=1e-12)
+  assert got == pytest.approx({"rouge-1": 1 / 3, "rouge-2": 1 / 3, "rouge-l": 1 / 3, "bleu": 1 / 3}, abs=1e-7)
+  assert csl.sentence_bleu(["a", "b"], ["c", "d"]) == 0.0  # no unigram in common
   with pytest.raises(ValueError, match="1 predictions for 2 titles"):
     csl.title_scores(["a"], ["a", "b"])

@@ -6,8 +6,9 @@ one `title<TAB>abstract` a line. A line without exactly one tab, or with an empt
 naming the file and line.
 
 Metrics, per sample, averaged over all samples (an empty prediction scores 0 on every metric, as the example
-skips it but still divides by the total). Both strings are cut into characters joined by spaces (the example's
-`' '.join(title)`), then scored as
+skips it but still divides by the total). Both strings are cut into characters joined by spaces and then
+lower-cased (the example's `' '.join(title).lower()`; its predictions come from a lower-casing tokenizer, so an
+upper-case latin letter in a title would otherwise never match), then scored as
 
   * `rouge` 1.0.1's `Rouge().get_scores(hyps=pred, refs=title)[0][m]['f']` for m = rouge-1, rouge-2, rouge-l:
     each string split into "sentences" at '.', whitespace collapsed; n-grams and LCS words are counted as
@@ -149,7 +150,7 @@ def title_scores(predictions: Sequence[str], titles: Sequence[str]) -> dict[str,
     raise ValueError(f"{len(predictions)} predictions for {len(titles)} titles")
   total = {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu": 0.0}
   for pred, title in zip(predictions, titles):
-    ref, hyp = " ".join(title), " ".join(pred)
+    ref, hyp = " ".join(title).lower(), " ".join(pred).lower()  # joined, then lowered, as the example does
     if not hyp.strip():
       continue
     total["rouge-1"] += rouge_n(hyp, ref, 1)
