@@ -27,6 +27,7 @@ TASKS = {
     "ner": ("finetune.ner", "NerTask"),
     "clue": ("finetune.clue.task", "make_task"),
     "seq2seq": ("finetune.seq2seq", "Seq2SeqTask"),
+    "csl": ("finetune.csl", "CslTask"),
     "relation": ("finetune.gplinker", "RelationTask"),
     "event": ("finetune.gplinker", "EventTask"),
 }

@@ -39,25 +39,20 @@ from roformer_jax.config import ConfigError
 from roformer_jax.train.task import Log, Task
 
 
-class PinyinArrays:
-  """One split as fixed-width arrays: source [N, S] ([CLS] codes [SEP], 0-padded, or with `fill` filled up to
-  S = max_chars + 2 with [MASK] before the [SEP]), target [N, T] (char ids; -1 past the end and for a
-  character not in the vocab, which then never counts as right), length [N] (characters)."""
+class Seq2SeqArrays:
+  """One split as fixed-width arrays: source [N, S] (token ids [CLS] ... [SEP], 0-padded), target [N, T]
+  (token ids; -1 past the end, and for a token that should never count as right), length [N] (target tokens)."""
 
-  def __init__(self, examples, codes: dict[str, int], vocab: dict[str, int], max_chars: int, fill: bool):
-    cls, sep, unk, mask = vocab["[CLS]"], vocab["[SEP]"], vocab["[UNK]"], vocab["[MASK]"]
-    n = len(examples)
-    self.source = np.zeros((n, max_chars + 2), np.int32)
-    self.target = np.full((n, max_chars), -1, np.int32)
+  def __init__(self, sources: list[list[int]], targets: list[list[int]], source_width: int, target_width: int,
+               sep: int, unk: int):
+    n = len(sources)
+    self.source = np.zeros((n, source_width), np.int32)
+    self.target = np.full((n, target_width), -1, np.int32)
     self.length = np.zeros((n,), np.int32)
-    for i, ex in enumerate(examples):
-      k = len(ex.text)
-      if k > max_chars:
-        raise ValueError(f"{ex.where}: {k} characters, more than {max_chars}")
-      src = [cls, *(codes.get(u, unk) for u in ex.pinyin)] + [mask] * ((max_chars - k) if fill else 0) + [sep]
+    for i, (src, tgt) in enumerate(zip(sources, targets)):
       self.source[i, :len(src)] = src
-      self.target[i, :k] = [vocab.get(c, -1) for c in ex.text]
-      self.length[i] = k
+      self.target[i, :len(tgt)] = tgt
+      self.length[i] = len(tgt)
     self.source_length = np.sum(self.source != 0, axis=1).astype(np.int32)
     self.sep, self.unk = sep, unk
 
@@ -84,11 +79,28 @@ class PinyinArrays:
             "loss_positions": positions, "loss_mask": mask}
 
 
+class PinyinArrays(Seq2SeqArrays):
+  """Pinyin rows: source [CLS] codes [SEP] (or with `fill` filled up to S = max_chars + 2 with [MASK] before the
+  [SEP]), target the sentence's char ids (-1 for a character not in the vocab, which then never counts as right)."""
+
+  def __init__(self, examples, codes: dict[str, int], vocab: dict[str, int], max_chars: int, fill: bool):
+    cls, sep, unk, mask = vocab["[CLS]"], vocab["[SEP]"], vocab["[UNK]"], vocab["[MASK]"]
+    sources, targets = [], []
+    for ex in examples:
+      k = len(ex.text)
+      if k > max_chars:
+        raise ValueError(f"{ex.where}: {k} characters, more than {max_chars}")
+      sources.append([cls, *(codes.get(u, unk) for u in ex.pinyin)] + [mask] * ((max_chars - k) if fill else 0)
+                     + [sep])
+      targets.append([vocab.get(c, -1) for c in ex.text])
+    super().__init__(sources, targets, max_chars + 2, max_chars, sep, unk)
+
+
 class StepBatches:
   """Global training batch k for any k: the rows of epoch e are a permutation seeded by (seed, e); a batch
   takes the next batch_size rows of the epochs laid end to end. Deterministic whatever the process count."""
 
-  def __init__(self, data: PinyinArrays, batch_size: int, seq_len: int, seed: int):
+  def __init__(self, data: Seq2SeqArrays, batch_size: int, seq_len: int, seed: int):
     self.data, self.batch_size, self.seq_len, self.seed = data, batch_size, seq_len, seed
 
   def rows(self, step: int) -> np.ndarray:
@@ -152,6 +164,7 @@ class Seq2SeqTask(Task):
     self.arrays = {s: PinyinArrays(ex, self.codes, self.vocab, self.max_chars, cfg.fill_source)
                    for s, ex in self.splits.items()}
     self.train_size = len(self.arrays["train"])
+    self.max_new_tokens = self.max_chars + 1  # the characters and the [SEP] that ends them
     self.batches = StepBatches(self.arrays["train"], cfg.batch_size, self.seq_len, cfg.seed)
     self.model = RoFormerForMaskedLM(self.model_config)
     self.baseline = pinyin.MostFrequent(self.splits["train"])
@@ -182,7 +195,7 @@ class Seq2SeqTask(Task):
       del step
       ids, types, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
       rows = None
-      if reuse:  # every target position: each loss position's successor (see PinyinArrays.sequences)
+      if reuse:  # every target position: each loss position's successor (see Seq2SeqArrays.sequences)
         rows = jnp.where(batch["loss_mask"] > 0, batch["loss_positions"] + 1, ids.shape[1])
       total, per_pass = teaforn.teaforn_loss_at(model, params, ids, types, mask, batch["loss_positions"],
                                                 batch["loss_mask"], num_passes=n, weights=weights,
@@ -220,13 +233,13 @@ class Seq2SeqTask(Task):
 
   def _greedy(self, params, batch):
     from roformer_jax.seq2seq import decode
-    return decode.greedy_decode(self.model_config, params, batch["source_ids"], max_new_tokens=self.max_chars + 1,
+    return decode.greedy_decode(self.model_config, params, batch["source_ids"], max_new_tokens=self.max_new_tokens,
                                 end_id=self.vocab["[SEP]"]).tokens
 
   def _beam(self, params, batch):
     from roformer_jax.seq2seq import decode
     out = decode.beam_search(self.model_config, params, batch["source_ids"], beam_size=self.cfg.decode.beam_size,
-                             max_new_tokens=self.max_chars + 1, end_id=self.vocab["[SEP]"],
+                             max_new_tokens=self.max_new_tokens, end_id=self.vocab["[SEP]"],
                              length_penalty=self.cfg.decode.length_penalty)
     return out.tokens[:, 0]
 
@@ -319,8 +332,14 @@ def teaforn_step_flops(cfg: Any, batch: int, max_chars: int, n: int, reuse: bool
   """Matmul FLOPs of one pinyin training step (forward + backward = 3x forward): pass 1 over the whole
   2 x max_chars + 3 sequence, passes 2..N over the max_chars + 1 target rows when they reuse the source,
   and the LM head at the target rows in every pass. The equal-compute budgets of seq2seq_results."""
+  return seq2seq_step_flops(cfg, batch, 2 * max_chars + 3, max_chars + 1, n, reuse)
+
+
+def seq2seq_step_flops(cfg: Any, batch: int, seq_len: int, rows: int, n: int, reuse: bool) -> float:
+  """Matmul FLOPs of one UniLM TeaForN step over `seq_len` tokens with `rows` target rows (the generation-start
+  [SEP] and the target tokens): pass 1 over the whole sequence, passes 2..N over the target rows when they reuse
+  the source, the LM head at the target rows in every pass; x3 for forward + backward."""
   from roformer_jax.train import flops
-  seq_len, rows = 2 * max_chars + 3, max_chars + 1
   head = 2 * batch * rows * cfg.hidden_size * cfg.vocab_size
   later = flops.encoder_flops(cfg, batch, seq_len, query_rows=rows if reuse else None)
   return 3.0 * (flops.encoder_flops(cfg, batch, seq_len) + (n - 1) * later + n * head)
