@@ -34,10 +34,11 @@ class Checkpointer:
     # epath: the same code for local folders and gs:// buckets.
     self.directory = epath.Path(directory) if "://" in str(directory) else epath.Path(Path(directory).absolute())
     self.with_iterator = with_iterator
+    self.counters: dict[str, int] = {}  # the host-side counts saved with the step `restore` returned
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
-    handlers = {"state": ocp.StandardCheckpointHandler()}
+    handlers = {"state": ocp.StandardCheckpointHandler(), "counters": ocp.JsonCheckpointHandler()}
     if with_iterator:
       handlers["iter"] = _grain_handler().CheckpointHandler()
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -45,9 +46,13 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state: Any, iterator: Any = None, *, force: bool = False) -> bool:
-    """Starts a save if the policy (or `force`) says so; returns whether one started."""
+  def save(self, step: int, state: Any, iterator: Any = None, *, force: bool = False,
+           counters: dict[str, int] | None = None) -> bool:
+    """Starts a save if the policy (or `force`) says so; returns whether one started. `counters`: host-side
+    running counts (skipped steps, ...) that `restore` gives back in `self.counters`."""
     items = {"state": ocp.args.StandardSave(state)}
+    if counters is not None:
+      items["counters"] = ocp.args.JsonSave({k: int(v) for k, v in counters.items()})
     if self.with_iterator and iterator is not None:
       items["iter"] = _grain_handler().CheckpointSave(iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -69,6 +74,8 @@ class Checkpointer:
     steps = [step] if step is not None else list(reversed(self.all_steps()))
     for s in steps:
       items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if (self.directory / str(s) / "counters").exists():  # absent in checkpoints written before they were kept
+        items["counters"] = ocp.args.JsonRestore()
       moved = False
       if self.with_iterator and iterator is not None:
         if self._iterator_saved_here(s) or reposition is None:
@@ -94,6 +101,7 @@ class Checkpointer:
         reposition(iterator, s)
         print(f"data iterator of {self.path(s)} was saved by another process layout; repositioned it to "
               f"step {s}", flush=True)
+      self.counters = dict(restored["counters"]) if "counters" in items else {}
       return restored["state"], s
     return None
 

@@ -229,8 +229,11 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
         state = state.replace(params=params, opt_state=opt_state)
       writer.log("initialised a new run")
     else:
-      state, _ = restored
-      writer.log(f"resumed from {ckpt.path(int(jax.device_get(state.step)))}")
+      state, saved_step = restored
+      if saved_step > steps:  # else the run would end at once, as if it had finished
+        raise ConfigError(f"checkpoint {ckpt.path(saved_step)} is past this config's {steps} steps (config.steps, "
+                          "or config.epochs): give at least as many to resume it, or use a new --workdir")
+      writer.log(f"resumed from {ckpt.path(saved_step)}")
     if is_main:  # what from_pretrained / export read back; after the restore, which refuses another model's workdir
       task.write_assets(workdir)
     if best is not None and best.step is not None:
@@ -255,8 +258,10 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
       return task.evaluate(params, runner)  # {} for a task without eval data
 
     preempt = Preemption()
-    timer_start, steps_timed, step_time, mfu, skipped = None, 0, float("nan"), float("nan"), 0
-    counters = {k: 0 for k in task.host_counters}
+    # Running counts go on from a resumed checkpoint's (saved with it), as in an uninterrupted run.
+    timer_start, steps_timed, step_time, mfu = None, 0, float("nan"), float("nan")
+    skipped = ckpt.counters.get("skipped_steps", 0)
+    counters = {k: ckpt.counters.get(k, 0) for k in task.host_counters}
     last_eval: dict[str, float] = {}
     pending = None  # (step, metrics) of the previous step, checked one step late to keep the device busy
 
@@ -298,8 +303,10 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
         m.update(tokens_per_s=tokens_per_step / step_time, step_time_s=step_time)
         if math.isfinite(mfu):
           m["mfu"] = mfu
-      writer.write(done, m)
+      write_start = time.perf_counter()
+      writer.write(done, m)  # the first write opens the files and imports tensorboardX: not step time
       writer.progress(done, m, remaining_s=step_time * (steps - done))
+      timer_start += time.perf_counter() - write_start
 
     profile_dir, profiling, stopped = local_dir / "profile", False, False
     try:
@@ -346,7 +353,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
             # A run checkpoint never gets ahead of the best one: a run resumed from step S has every best
             # of the evals up to S on disk (a later eval it redoes gives the same value, so no resave).
             best.wait()
-          ckpt.save(next_step, state, train_iter, force=True)
+          ckpt.save(next_step, state, train_iter, force=True, counters=dict(counters, skipped_steps=skipped))
         if stopped:
           writer.log(f"preempted: saved {ckpt.path(next_step)}; rerun the same command to resume")
           break

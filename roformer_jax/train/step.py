@@ -112,9 +112,13 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule:
     metrics["finite"] = finite
     new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng)
     if skip_nonfinite:  # keep the old params and moments; the step (and its data) still advances
-      new = new.replace(params=jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), params, state.params),
-                        opt_state=jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), opt_state,
-                                                         state.opt_state))
+      keep = lambda a, b: jax.tree_util.tree_map(lambda x, y: jnp.where(finite, x, y), a, b)
+      # ... and so does the learning-rate schedule's own count, which stays equal to the step: the rate applied
+      # is schedule(step), the one logged, with warm-up and decay where the config puts them.
+      is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)
+      new = new.replace(params=keep(params, state.params),
+                        opt_state=jax.tree_util.tree_map(lambda a, b: a if is_schedule(a) else keep(a, b), opt_state,
+                                                         state.opt_state, is_leaf=is_schedule))
     return new, metrics
 
   # Inputs arrive already placed (the state by init/restore, the batch by sharding.global_batch);

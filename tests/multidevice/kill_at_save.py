@@ -42,8 +42,8 @@ if os.environ.get("KILL_WHAT", "checkpoint") == "best":
 else:
   _save = checkpoint.Checkpointer.save
 
-  def save(self, step, state, iterator=None, *, force=False):
-    started = _save(self, step, state, iterator, force=force)
+  def save(self, step, state, iterator=None, **kwargs):
+    started = _save(self, step, state, iterator, **kwargs)
     _crash(step, self.wait)
     return started
 
