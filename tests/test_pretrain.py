@@ -168,3 +168,142 @@ def test_periodic_and_cli_export_load_in_the_pytorch_port(straight, tmp_path):
     with torch.no_grad():
       theirs = peer(input_ids=torch.tensor(ids), attention_mask=torch.tensor(ids != 0)).logits.numpy()
     np.testing.assert_allclose(ours[:, :, :theirs.shape[-1]], theirs, atol=1e-5, rtol=0)
+
+
+# The shared loop itself (roformer_jax.train.loop.train) in this process, on a tiny in-memory regression task:
+# a few milliseconds a step, so each test runs the loop several times.
+
+class _Tiny:
+  """A `Task`: y = x . w over 16 rows; `evals` scripts the eval metric, `nan_steps` the steps whose loss is nan."""
+
+  def __new__(cls, evals=None, nan_steps=()):
+    import jax.numpy as jnp
+    import numpy as np
+    from roformer_jax.data import pipeline
+    from roformer_jax.train.task import Task
+
+    class Tiny(Task):
+      name, seq_len, train_size = "tiny", 1, 16
+
+      def prepare(self, local_dir, log):
+        self.model_config = type("Config", (), {"dtype": "float32", "__repr__": lambda self: "tiny"})()
+        x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+        self.data = {"x": x, "y": x @ np.arange(1, 5, dtype=np.float32)}
+
+      def init_params(self, rng):
+        return {"w": jnp.zeros((4,), jnp.float32)}
+
+      def loss_fn(self):
+        nan = jnp.array(sorted(nan_steps) or [-1])
+        def loss(params, batch, rng, step):
+          total = jnp.sum((batch["x"] @ params["w"] - batch["y"]) ** 2 * batch["weights"])
+          return jnp.where(jnp.any(nan == step), jnp.nan, total), {"weight": jnp.sum(batch["weights"])}
+        return loss
+
+      def train_iterator(self, b):
+        return iter(pipeline.examples_train_dataset(self.data, batch_size=b, seed=0, process_index=0, process_count=1))
+
+      def evaluate(self, params, runner):
+        return {"eval_score": evals.pop(0)} if evals else {"eval_score": 0.0}
+
+      def write_assets(self, workdir):
+        pass
+
+    return Tiny()
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+  """(task, config) makers for the loop; no MFU peak measurement, synchronous saves."""
+  from roformer_jax.train import flops, loop
+  monkeypatch.setattr(flops, "device_peak", lambda dtype="float32": (1e9, "test"))
+
+  def config(**overrides):
+    c = loop.default_config()
+    c.update(dict(steps=4, batch_size=4, log_every=1, eval_every=2, checkpoint_every=2, async_checkpoint=False))
+    c.optimizer.update(dict(name="adamw", learning_rate=0.1, warmup_steps=0, decay="constant"))
+    c.update(overrides)
+    return c
+  return _Tiny, config
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loop_resume_keeps_an_older_best_and_refuses_fewer_steps_than_saved(tiny, tmp_path):
+  """A resumed run keeps the best of before (an older step than the latest) against a worse eval; a config
+  with fewer steps than the saved checkpoint is refused by name, not ended at once as if it had finished."""
+  from roformer_jax.config import ConfigError
+  from roformer_jax.train import loop
+  task, config = tiny
+  first = loop.train(task(evals=[5.0, 1.0]), config(best_metric="eval_score"), tmp_path)
+  assert (first["best_step"], first["best_eval_score"], first["step"]) == (2, 5.0, 4)
+  longer = loop.train(task(evals=[3.0]), config(steps=6, best_metric="eval_score"), tmp_path)
+  assert (longer["best_step"], longer["best_eval_score"], longer["step"]) == (2, 5.0, 6)
+  with pytest.raises(ConfigError, match=r"checkpoints/6 is past this config's 3 steps"):
+    loop.train(task(), config(steps=3, best_metric="eval_score"), tmp_path)
+
+
+def test_loop_skipped_steps_count_on_across_a_resume(tiny, tmp_path, monkeypatch):
+  """skip_nonfinite: the count of skipped steps is saved with the checkpoint, so a resumed run goes on from it."""
+  from roformer_jax.train import loop
+  task, config = tiny
+  cfg = config(steps=4, skip_nonfinite=True, eval_every=100, checkpoint_every=100)
+  with monkeypatch.context() as m:
+    m.setattr(loop.Preemption, "reached", lambda self, step: step == 2)  # a preemption after step 2
+    assert loop.train(task(nan_steps=(0, 2)), cfg, tmp_path)["preempted"]
+  loop.train(task(nan_steps=(0, 2)), cfg, tmp_path)
+  assert {r["step"]: r["skipped_steps"] for r in _rows(tmp_path) if "loss" in r} == {1: 1, 2: 1, 3: 2, 4: 2}
+
+
+def test_skipped_step_keeps_the_learning_rate_schedule_on_the_step(tiny):
+  """A skipped (non-finite) step keeps the params and moments, but the schedule's count advances with the
+  step: the rate applied next is the logged schedule(step), warm-up and decay unmoved."""
+  import jax
+  import optax
+  from roformer_jax.train import optim, sharding
+  from roformer_jax.train import step as step_lib
+  task, config = tiny
+  t = task(nan_steps=(1,))
+  t.prepare(None, print)
+  cfg = config()
+  cfg.optimizer.update(dict(warmup_steps=2, decay="linear"))
+  tx, schedule = optim.from_config(cfg.optimizer, 6)
+  mesh = sharding.make_mesh(1, 1, 1)
+  _, shardings = step_lib.abstract_state(t.init_params, tx, mesh)
+  state = step_lib.init_state(t.init_params, tx, 0, shardings)
+  train_step = step_lib.make_train_step(t.loss_fn(), tx, schedule, shardings, mesh, skip_nonfinite=True)
+  batches = t.train_iterator(4)
+  with jax.set_mesh(mesh):
+    finite = []
+    for _ in range(3):
+      state, metrics = train_step(state, sharding.global_batch(next(batches), mesh))
+      finite.append(bool(metrics["finite"]))
+  assert finite == [True, False, True]
+  counts = [s.count for s in jax.tree_util.tree_leaves(
+      state.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+      if isinstance(s, optax.ScaleByScheduleState)]
+  assert [int(c) for c in counts] == [int(state.step)] == [3]
+
+
+def test_loop_speed_leaves_out_the_first_metrics_write(tiny, tmp_path, monkeypatch):
+  """The first metrics row opens metrics.jsonl and TensorBoard (importing tensorboardX, ~1 s): not step time."""
+  import time
+  from roformer_jax.train import loop
+  from roformer_jax.train.metrics import MetricsWriter
+  task, config = tiny
+  open_files = MetricsWriter._open
+  monkeypatch.setattr(MetricsWriter, "_open", lambda self: (time.sleep(1.0), open_files(self)))
+  loop.train(task(), config(steps=3, eval_every=100, checkpoint_every=100), tmp_path)
+  times = [r["step_time_s"] for r in _rows(tmp_path) if "step_time_s" in r]
+  assert len(times) == 2 and max(times) < 0.5, times
+
+
+def test_summary_line_is_strict_json():
+  """The CLIs' final line: a non-finite metric is written as metrics.jsonl writes it ("nan"), since json.dumps
+  alone writes NaN, which strict JSON readers (jq, JSON.parse) refuse."""
+  from roformer_jax.train.metrics import json_safe
+  summary = {"task": "t", "eval_loss": float("nan"), "best": {"x": float("inf"), "ok": 1.5}, "steps": [1, -float("inf")]}
+  line = json.dumps(json_safe(summary), allow_nan=False)
+  assert json.loads(line) == {"task": "t", "eval_loss": "nan", "best": {"x": "inf", "ok": 1.5}, "steps": [1, "-inf"]}

@@ -159,6 +159,7 @@ def main(prog: str, run: Callable[[Any, str], dict]) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C must not turn the exit into a traceback
   import jax
   if jax.process_index() == 0:
-    print(json.dumps(summary), flush=True)
+    from roformer_jax.train.metrics import json_safe
+    print(json.dumps(json_safe(summary)), flush=True)  # strict JSON: a non-finite metric as "nan"
   if summary.get("preempted"):
     sys.exit(PREEMPTED)

@@ -72,6 +72,18 @@ class MetricsWriter:
       self._tb.close()
 
 
+def json_safe(obj: Any) -> Any:
+  """`obj` with every non-finite float as its string ("nan", "inf"), as metrics.jsonl writes them: strict JSON,
+  which `json.dumps` alone is not (it writes NaN)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return str(obj)
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  return obj
+
+
 def _scalar(v: Any) -> Any:
   try:
     f = float(v)
