@@ -267,7 +267,8 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
       ("keep", 0, "config.keep = 0 must be an integer >= 1"), ("log_every", 0, "config.log_every = 0 must be"),
       ("eval_every", -1, "config.eval_every = -1 must be"), ("optimizer.warmup_steps", -3, "config.optimizer.warmup"),
       ("optimizer.learning_rate", -1e-3, "config.optimizer.learning_rate = -0.001 must be a finite number > 0"),
-      ("optimizer.learning_rate", float("inf"), "config.optimizer.learning_rate = inf must be a finite")]:
+      ("optimizer.learning_rate", float("inf"), "config.optimizer.learning_rate = inf must be a finite"),
+      ("best_metric", "eval_loss", "config.best_metric = 'eval_loss': the best checkpoint keeps the highest")]:
     cfg = classify.get_config()
     cfg.update_from_flattened_dict({key: value})
     with pytest.raises(ConfigError, match=f"^{message}"):

@@ -154,6 +154,10 @@ def check_config(cfg) -> None:
   lr = cfg.get("optimizer", {}).get("learning_rate")
   if lr is not None and not 0 < lr < math.inf:
     raise ConfigError(f"config.optimizer.learning_rate = {lr!r} must be a finite number > 0")
+  best = cfg.get("best_metric") or ""
+  if best.endswith("loss"):  # the best checkpoint keeps the highest value: a loss would keep the worst params
+    raise ConfigError(f"config.best_metric = {best!r}: the best checkpoint keeps the highest value of its metric, "
+                      "so a loss would keep the worst params; name an accuracy, F1, BLEU, ... metric")
 
 
 def _check_batch(cfg, mesh) -> int:
