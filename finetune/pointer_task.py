@@ -36,12 +36,16 @@ class Split:
 
 
 def padded_rows(rows: Sequence[Sequence[tuple[int, int, int]]], width: int | None = None) -> np.ndarray:
-  """[N, E, 3] int32 of each example's (head, i, j) rows, padded with -1; E = the most rows (>= 1) or `width`."""
+  """[N, E, 3] int32 of each example's (head, i, j) rows, padded with -1; E = the most rows (>= 1) or `width`
+  (an example with more rows than `width` is an error: its labels are never silently cut)."""
   most = max((len(r) for r in rows), default=0)
+  if width is not None and most > width:
+    n = next(n for n, r in enumerate(rows) if len(r) > width)
+    raise ValueError(f"padded_rows: example {n} has {len(rows[n])} label rows > width={width}")
   width = max(most, 1) if width is None else width
   out = np.full((len(rows), width, 3), -1, np.int32)
   for n, r in enumerate(rows):
-    out[n, :len(r)] = np.asarray(r, np.int32).reshape(-1, 3)[:width]
+    out[n, :len(r)] = np.asarray(r, np.int32).reshape(-1, 3)
   return out
 
 

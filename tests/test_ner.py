@@ -86,6 +86,24 @@ def _gold(init, split, n):
   return [(r["text"], {tuple(e) for e in r["entities"]}) for r in rows]
 
 
+def test_label_rows_are_never_cut_and_padding_is_never_a_label():
+  """padded_rows keeps every gold row (a fixed width too small is an error, never a silent cut of training
+  labels), and its -1 padding rows give no label in the device's dense [B, types, L, L] labels."""
+  import jax.numpy as jnp
+
+  from finetune.ner import dense_labels
+  from finetune.pointer_task import padded_rows
+  rows = [[(0, 1, 1), (0, 2, 3), (1, 4, 4)], [], [(1, 2, 2)]]
+  with pytest.raises(ValueError, match="example 0 has 3 label rows > width=2"):
+    padded_rows(rows, 2)
+  for width in (None, 3, 5):
+    arr = padded_rows(rows, width)
+    assert arr.shape == (3, width or 3, 3)
+    dense = np.asarray(dense_labels(jnp.asarray(arr), 2, 6))
+    assert dense.sum() == 4 and dense[0, 0, 1, 1] == dense[0, 0, 2, 3] == dense[0, 1, 4, 4] == dense[2, 1, 2, 2] == 1
+    assert (arr[1] == -1).all() and (arr[2, 1:] == -1).all()
+
+
 @pytest.fixture(scope="module")
 def straight(init, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("straight")
