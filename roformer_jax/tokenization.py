@@ -115,7 +115,7 @@ class _Tokenizer(abc.ABC):
 
   def tokenize(self, text: str) -> list[str]:
     """Token strings of `text`, without [CLS]/[SEP]."""
-    return [self.id_to_token(i) for i in self._pieces([text], offsets=False)[0][0].tolist()]
+    return [self.id_to_token(i) for i in self._pieces(_without_surrogates([text]), offsets=False)[0][0].tolist()]
 
   def encode(self, text: str, text_pair: Optional[str] = None,
              max_length: Optional[int] = None, truncation: str = "longest_first") -> Encoding:
@@ -142,7 +142,7 @@ class _Tokenizer(abc.ABC):
     texts, pairs = list(texts), None if text_pairs is None else list(text_pairs)
     if pairs is not None and len(pairs) != len(texts):
       raise ValueError(f"{len(texts)} texts but {len(pairs)} text_pairs")
-    pieces = self._pieces(texts + (pairs or []), offsets=return_offsets)
+    pieces = self._pieces(_without_surrogates(texts + (pairs or [])), offsets=return_offsets)
     a, b = pieces[:len(texts)], pieces[len(texts):] or None
     n_special = 2 if b is None else 3
     if max_length is not None and max_length < n_special:
@@ -186,6 +186,15 @@ class _Tokenizer(abc.ABC):
         run.append(i)
     out.append(self._decode_run(run))
     return "".join(out)
+
+
+# Lone surrogates (json.loads('"\\ud800"') makes them) cannot be passed to Rust or C++. U+FFFD keeps every
+# offset in place, and the BERT normalizer drops it, as BertTokenizer drops a lone surrogate.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(texts: list[str]) -> list[str]:
+  return [_SURROGATE.sub("\ufffd", t) for t in texts]
 
 
 def _as_pieces(ids: Sequence[int], offsets: Optional[Sequence[tuple[int, int]]]):

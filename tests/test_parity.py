@@ -128,3 +128,26 @@ def test_v2_small_preset_shapes_match_peer(tmp_path):
                 attention_mask=torch.tensor(mask)).logits.numpy()
   got = np.asarray(jax.jit(model.apply)({"params": params}, ids, types))
   np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+def test_v1_head_fine_tuned_in_the_roformer_port_keeps_its_trained_bias(tmp_path):
+  """The `roformer` port unties cls.predictions.decoder.bias from cls.predictions.bias when it loads a
+  checkpoint, and its forward uses decoder.bias; a model fine-tuned there saves two different biases.
+  The trained one (decoder.bias) must be the one we load."""
+  torch.manual_seed(0)
+  kw = dict(vocab_size=101, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
+            max_position_embeddings=64)
+  _roformer_port("v1", **kw).save_pretrained(tmp_path / "base", safe_serialization=False)
+  from roformer import RoFormerForMaskedLM
+  peer = RoFormerForMaskedLM.from_pretrained(tmp_path / "base").eval()
+  with torch.no_grad():  # what an MLM fine-tuning step does to the bias the port actually uses
+    peer.cls.predictions.decoder.bias.add_(torch.randn(kw["vocab_size"]))
+  peer.save_pretrained(tmp_path / "tuned", safe_serialization=False)
+  saved = torch.load(tmp_path / "tuned" / "pytorch_model.bin", weights_only=True)
+  assert not torch.equal(saved["cls.predictions.bias"], saved["cls.predictions.decoder.bias"])
+  ids, types, mask = _batch(kw["vocab_size"], 2, 9, seed=0)
+  with torch.no_grad():
+    want = peer(input_ids=torch.tensor(ids), token_type_ids=torch.tensor(types),
+                attention_mask=torch.tensor(mask)).logits.numpy()
+  model, params = rj.from_pretrained(tmp_path / "tuned")
+  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, ids, types)), want, rtol=0, atol=TOL)

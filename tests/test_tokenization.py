@@ -207,6 +207,23 @@ def test_edge_cases_match_peers(vocab_dirs, char_tok, word_tok):
     assert bad_offsets(tok, TRICKY, encoded) == []
 
 
+
+def test_lone_surrogates_are_dropped_as_bert_tokenizer_drops_them(vocab_dirs, char_tok, word_tok):
+  """json.loads('"\\ud83d"') gives a lone surrogate, which Rust and C++ refuse (TypeError). BertTokenizer drops
+  it; we read it as U+FFFD, which the BERT normalizer drops too (the jieba path: as the peer reads U+FFFD)."""
+  import json
+  texts = [json.loads('"ab\\ud83dc 今天\\udc00好"'), "\ud800", "x\udfff\ud800y"]
+  bert = transformers.BertTokenizer(str(vocab_dirs / "char" / "vocab.txt"))
+  assert [char_tok.encode(t).ids for t in texts] == peer_ids(bert, texts)
+  assert char_tok.tokenize(texts[0]) == bert.tokenize(texts[0]) == ["a", "##b", "##c", "今", "天", "好"]
+  replaced = [re.sub("[\ud800-\udfff]", "\ufffd", t) for t in texts]
+  assert [ids for ids, _ in ours(word_tok, texts)] == peer_ids(roformer_peer(vocab_dirs / "word" / "vocab.txt"), replaced)
+  for tok in (char_tok, word_tok):
+    assert ours(tok, texts) == ours(tok, replaced)  # ids and offsets
+    assert bad_offsets(tok, texts, ours(tok, texts)) == []
+    assert tok.encode(texts[0], texts[2]).ids == tok.encode(replaced[0], replaced[2]).ids
+
+
 def test_tokenizers_pickle(char_tok, word_tok, spm_dir):
   """The data pipeline ships tokenizers to worker processes."""
   for tok in (char_tok, word_tok, T.load_tokenizer(spm_dir)):

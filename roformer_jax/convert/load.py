@@ -117,10 +117,12 @@ def params_from_torch(tensors: dict[str, np.ndarray], cfg: ModelConfig, with_mlm
                       source: str = "checkpoint", ignore: Iterable[str] = ()) -> dict:
   """Our params tree from port-named tensors, checking that every tensor is accounted for."""
   tensors = _normalise_names(dict(tensors))
-  # The v1 output bias is saved under one or both names (it is one tied tensor).
+  # The v1 output bias is saved under one or both names (one tied tensor when the head is built).
+  # The `roformer` port unties them when from_pretrained loads a checkpoint, and its forward uses
+  # decoder.bias: after fine-tuning there, only that name holds the trained bias.
   alias = tensors.pop("cls.predictions.decoder.bias", None)
   if alias is not None:
-    tensors.setdefault("cls.predictions.bias", alias)
+    tensors["cls.predictions.bias"] = alias
   model = RoFormerForMaskedLM(cfg.replace(scan_layers=False)) if with_mlm else RoFormerModel(
       cfg.replace(scan_layers=False))
   shapes = jax.eval_shape(lambda: nn.meta.unbox(
