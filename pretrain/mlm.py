@@ -47,7 +47,8 @@ def whole_word_mask(input_ids: np.ndarray, word_ids: np.ndarray, rng: np.random.
       contiguous, ids non-decreasing), 0 for tokens that are never masked.
     rng: the only source of randomness; it makes the same draws whatever the data.
     max_predictions: P, the prediction slots. If the selected words hold more than P tokens,
-      the words that do not fit whole are left unselected and counted in `masked_overflow`.
+      whole words are kept in a random order while they fit; the tokens of the words left out
+      are counted in `masked_overflow`.
     mask_id: the [MASK] id.
     random_ids: the ids a "random" word's tokens are drawn from (uniformly).
 
@@ -62,12 +63,19 @@ def whole_word_mask(input_ids: np.ndarray, word_ids: np.ndarray, rng: np.random.
   selected_word = rng.random(num_words + 1) < select_prob
   action = rng.random(num_words + 1)
   random_tokens = random_ids[rng.integers(len(random_ids), size=len(input_ids))]
+  # Drawn last, so a row whose selection fits keeps the masks the draws above give it.
+  priority = rng.random(num_words + 1)
   selected_word[0] = False
 
   positions = np.flatnonzero(selected_word[word_ids])
   words = word_ids[positions]  # non-decreasing
-  last_slot_of_word = np.searchsorted(words, words, side="right") - 1
-  fits = last_slot_of_word < max_predictions
+  # On overflow, whole words are kept in a random order (not the row's first words, which would
+  # never predict the tail of a long row) while they fit.
+  chosen, sizes = np.unique(words, return_counts=True)
+  order = np.argsort(priority[chosen], kind="stable")
+  kept = np.zeros(num_words + 1, bool)
+  kept[chosen[order[np.cumsum(sizes[order]) <= max_predictions]]] = True
+  fits = kept[words]
   overflow = len(positions) - int(fits.sum())
   positions, words = positions[fits], words[fits]
 

@@ -21,7 +21,7 @@ class PretrainTask(Task):
   """The MLM model, the corpus pipeline (`pretrain.data.Pipeline`) and the masked-token metrics."""
 
   name = "pretrain"
-  host_counters = ("masked_overflow",)  # selected words that did not fit the prediction slots
+  host_counters = ("masked_overflow",)  # tokens of selected words that did not fit the prediction slots
 
   def __init__(self, cfg):
     self.cfg = cfg
