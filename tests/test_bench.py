@@ -26,6 +26,26 @@ def test_train_bench_prints_ratios_by_round(capsys):
   assert out["tokens_per_s"] > 0 and 0 < out["mfu"] < 1 and out["rounds"] == 2
   assert isinstance(out["peers_tokens_per_s"]["roformer PyTorch v2/v1 port"], float)
   assert len(out["ours_over_best_peer_by_round"]) == 2 and out["ours_over_best_peer"] > 0
+  import torch
+  assert out["torch_threads"] == torch.get_num_threads()  # the peer's thread count is printed, not assumed
+
+
+def test_our_steps_wait_for_the_updated_state(monkeypatch):
+  """Our timed step blocks on the new parameters and optimiser state, not only on the loss."""
+  import jax
+  import roformer_jax as rj
+  from roformer_jax.bench import finetune as bench_finetune
+  waited = []
+  real = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: (waited.append(x), real(x))[1])
+  cfg = rj.get_config("tiny", hidden_dropout=0.0, attention_dropout=0.0)
+  b = bench_finetune.make_batch("classify", cfg.vocab_size, 2, 8, 2, 4)
+  for run in (bench_finetune.setup_ours("classify", cfg, b, 2), bench_train.setup_ours(cfg, 2, 8, 2)):
+    waited.clear()
+    run()
+    leaves = {id(x) for x in jax.tree_util.tree_leaves(waited)}
+    state = [c.cell_contents for c in run.__closure__ if isinstance(c.cell_contents, list)][0][0]
+    assert all(id(x) in leaves for x in jax.tree_util.tree_leaves((state.params, state.opt_state)))
 
 
 def _finetune_bench(capsys, *args: str) -> dict:
@@ -39,6 +59,8 @@ def test_finetune_bench_runs_both_sides_in_bfloat16(capsys):
   out = _finetune_bench(capsys, "--task", "classify", "--seq", "32", "--rounds", "2", "--dtype", "bfloat16")
   assert out["dtype"] == "bfloat16" and set(out["tokens_per_s"]) == {"ours", "roformer"}
   assert len(out["ours_over_roformer_by_round"]) == 2 and out["ours_over_roformer"] > 0
+  import torch
+  assert out["torch_threads"] == torch.get_num_threads()
 
 
 def test_finetune_bench_ner_runs_against_bert4torch(capsys):

@@ -106,7 +106,7 @@ def setup_ours(task: str, cfg, b: dict, types: int, source: int = 64) -> Callabl
 
     def run():
       box[0], m = train(box[0], data)
-      jax.block_until_ready(m["loss"])
+      jax.block_until_ready((box[0], m))  # the updated state too: the whole step, optimiser update included
     return run
 
 
@@ -192,6 +192,8 @@ def main(argv=None) -> None:
   for peer in [x for x in a.peers.split(",") if x]:
     if peer not in ("roformer", "roformer-compile"):
       p.error(f"--peers: unknown peer {peer!r}")
+    if peer == "roformer-compile" and a.task == "ner":  # setup_port runs the ner model eagerly
+      p.error("--peers: roformer-compile is not run for --task ner (its model is not compiled); use roformer")
     runs[peer] = setup_port(a.task, cfg, b, a.types, compiled=peer.endswith("-compile"))
     runs[peer]()
   times = interleaved_times(runs, a.rounds, a.repeats)
@@ -207,6 +209,9 @@ def main(argv=None) -> None:
     by_round = [statistics.median(times[peer][r]) / statistics.median(times["ours"][r]) for r in range(a.rounds)]
     out[f"ours_over_{key}_by_round"] = [round(x, 2) for x in by_round]
   out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
+  if any(n in runs for n in ("roformer", "roformer-compile")):
+    import torch
+    out.update(torch=torch.__version__, torch_threads=torch.get_num_threads())  # measured, not assumed
   if a.task == "ner":
     out["types"] = a.types
   if a.task == "unilm":

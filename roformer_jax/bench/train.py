@@ -96,8 +96,8 @@ def setup_ours(cfg, batch, seq, preds) -> Callable[[], None]:
         if box[1] is not None:
           jax.block_until_ready(box[1])
         box[1] = m["loss"]
-      else:
-        jax.block_until_ready(m["loss"])
+      else:  # the updated state too: the whole step, optimiser update included
+        jax.block_until_ready((box[0], m))
 
     run.drain = lambda: jax.block_until_ready(box)
     return run
@@ -310,6 +310,9 @@ def main(argv=None) -> None:
             "jax": jax.__version__}
   if accelerator:
     result["mfu_denominator"] = spec_source
+  if any(n != "flax" for n in labels):  # a PyTorch peer ran: its version and intra-op threads, as measured
+    import torch
+    result.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
   others = {spec: row(f"ours:{spec}", vcfg) for spec, vcfg in variants.items() if f"ours:{spec}" in step}
   others.update({spec: failed[f"ours:{spec}"] for spec in variants if f"ours:{spec}" in failed})
   if others:
