@@ -17,8 +17,6 @@ predictions in <workdir>/predictions/test.jsonl (written atomically).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -118,24 +116,16 @@ class CslTask(Seq2SeqTask):
     """Greedy (and beam) dev and test scores of the final params, and the test predictions."""
     import jax
     out: dict[str, Any] = {"task": self.name, "n": int(self.cfg.teaforn.n), "weights": list(self.weights)}
-    decoders = {"": self._greedy}
-    if self.cfg.decode.beam_size > 1:
-      decoders[f"beam{self.cfg.decode.beam_size}_"] = self._beam
     predictions: dict[str, list[str]] = {}
     for split in ("dev", "test"):
-      for prefix, fn in decoders.items():
+      for prefix, fn in self.decoders().items():
         scores, texts = self._scores(split, fn, params, runner, f"{prefix}{split}_")
         out.update(scores)
         if split == "test":
           predictions[prefix.rstrip("_") or "greedy"] = texts
     if jax.process_index() == 0:
-      path = out_dir / "predictions" / "test.jsonl"
-      path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_name(f".{path.name}.tmp")
-      with open(tmp, "w", encoding="utf-8") as f:
-        for i, ex in enumerate(self.splits["test"]):
-          row = {"id": i, "title": ex.title, **{k: v[i] for k, v in predictions.items()}}
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
-      os.replace(tmp, path)
-      out["predictions"] = str(path)
+      from roformer_jax.data.jsonl import write_jsonl
+      rows = ({"id": i, "title": ex.title, **{k: v[i] for k, v in predictions.items()}}
+              for i, ex in enumerate(self.splits["test"]))
+      out["predictions"] = str(write_jsonl(out_dir / "predictions" / "test.jsonl", rows))  # atomic
     return out

@@ -28,8 +28,6 @@ the test predictions in <workdir>/predictions/test.jsonl (written atomically).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -299,13 +297,10 @@ class Seq2SeqTask(Task):
     from roformer_jax.seq2seq import pinyin
     out: dict[str, Any] = {"task": self.name, "data": "pinyin", "n": int(self.cfg.teaforn.n),
                            "weights": list(self.weights)}
-    decoders = {"": self._greedy}
-    if self.cfg.decode.beam_size > 1:
-      decoders[f"beam{self.cfg.decode.beam_size}_"] = self._beam
     predictions: dict[str, list[str]] = {}
     for split in ("dev", "test"):
       refs = [ex.text for ex in self.splits[split]]
-      for prefix, fn in decoders.items():
+      for prefix, fn in self.decoders().items():
         texts = self._decode_split(split, fn, params, runner)
         for k, v in pinyin.scores(texts, refs).items():
           out[f"{prefix}{split}_{k}"] = v
@@ -315,16 +310,18 @@ class Seq2SeqTask(Task):
                               [ex.text for ex in self.splits["test"]]).items():
       out[f"baseline_{k}"] = v
     if jax.process_index() == 0:
-      path = out_dir / "predictions" / "test.jsonl"
-      path.parent.mkdir(parents=True, exist_ok=True)
-      tmp = path.with_name(f".{path.name}.tmp")
-      with open(tmp, "w", encoding="utf-8") as f:
-        for i, ex in enumerate(self.splits["test"]):
-          row = {"id": i, "pinyin": " ".join(ex.pinyin), "reference": ex.text,
-                 **{k: v[i] for k, v in predictions.items()}, "baseline": self.baseline.predict(ex.pinyin)}
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
-      os.replace(tmp, path)
-      out["predictions"] = str(path)
+      from roformer_jax.data.jsonl import write_jsonl
+      rows = ({"id": i, "pinyin": " ".join(ex.pinyin), "reference": ex.text,
+               **{k: v[i] for k, v in predictions.items()}, "baseline": self.baseline.predict(ex.pinyin)}
+              for i, ex in enumerate(self.splits["test"]))
+      out["predictions"] = str(write_jsonl(out_dir / "predictions" / "test.jsonl", rows))  # atomic
+    return out
+
+  def decoders(self) -> dict[str, Any]:
+    """Summary-key prefix -> decoder for `finish`: "" greedy, and "beam{K}_" with config.decode.beam_size > 1."""
+    out = {"": self._greedy}
+    if self.cfg.decode.beam_size > 1:
+      out[f"beam{self.cfg.decode.beam_size}_"] = self._beam
     return out
 
 
