@@ -503,15 +503,19 @@ def gather_positions(x: Array, positions: Array) -> Array:
 
 
 class MLMHead(nn.Module):
-  """v1: dense + GELU + LayerNorm, then the tied decoder + output bias. v2: the tied decoder only."""
+  """v1: dense + GELU + LayerNorm, then the tied decoder + output bias. v2: dropout, then the tied decoder
+  (bert4keras `RoFormerV2`'s "Output-MLM-Dropout" at the hidden dropout rate; the PyTorch ports leave it out,
+  which only changes training)."""
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, h: Array, embeddings: Embeddings) -> Array:
+  def __call__(self, h: Array, embeddings: Embeddings, deterministic: bool = True) -> Array:
     cfg = self.cfg
     if cfg.version == "v1":
       h = Dense(cfg, (cfg.embed_size,), (None, "embed"), name="transform")(h)
       h = Norm(cfg, cfg.embed_size, name="norm")(_activation(cfg, h))
+    else:
+      h = nn.Dropout(cfg.hidden_dropout, deterministic=deterministic)(h)
     logits = embeddings.attend(h)
     if cfg.version == "v1":
       bias = self.param("bias", _param(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,), jnp.float32)
@@ -551,16 +555,17 @@ class RoFormerForMaskedLM(nn.Module):
     """(final hidden states, logits): `__call__`'s logits with the hidden states they came from."""
     # At `masked_positions` the encoder's last layer runs only at those rows (exact, ~P/L of its cost).
     h = self.roformer(input_ids, token_type_ids, attention_mask, output_positions=masked_positions, **kwargs)
-    return h, _constrain(self.head(h), ("batch", "length", "vocab"))
+    return h, _constrain(self.head(h, kwargs.get("deterministic", True)), ("batch", "length", "vocab"))
 
   def layer_states(self, input_ids: Array, *args, **kwargs) -> Array:
     """The encoder's `RoFormerModel.layer_states` (every layer's input, then the final hidden states)."""
     return self.roformer.layer_states(input_ids, *args, **kwargs)
 
-  def head(self, hidden: Array) -> Array:
-    """The LM head on hidden states [..., hidden] -> float32 logits [..., vocab]."""
+  def head(self, hidden: Array, deterministic: bool = True) -> Array:
+    """The LM head on hidden states [..., hidden] -> float32 logits [..., vocab] (v2: with its dropout when
+    not `deterministic`, drawn from the "dropout" rng)."""
     with matmul_precision(self.cfg):
-      return self.mlm(hidden, self.roformer.embeddings)
+      return self.mlm(hidden, self.roformer.embeddings, deterministic)
 
   def embed(self, input_ids: Array, token_type_ids: Array | None = None, deterministic: bool = True) -> Array:
     """The embedding layer's output [B, L, hidden]: what `inputs_embeds` replaces."""

@@ -1,5 +1,7 @@
 """ModelConfig validation, RoPE properties, layer-stack layouts and the dtype policy."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -215,6 +217,58 @@ def test_dropout_is_active_only_when_not_deterministic():
   b = model.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
   c = model.apply({"params": params}, ids)
   assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+_B4K_MLM_DROPOUT = """
+import json
+from bert4keras.models import build_transformer_model
+out = {}
+for name in ("roformer", "roformer_v2"):
+  m = build_transformer_model(model=name, with_mlm="linear", vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=32, hidden_act="relu", dropout_rate=0.3)
+  out[name] = {l.name: float(l.rate) for l in m.layers if l.name.startswith("Output-MLM")
+               and hasattr(l, "rate")}
+print(json.dumps(out))
+"""
+
+
+def test_v2_mlm_head_drops_its_input_as_bert4keras_and_v1_does_not():
+  # bert4keras (the authors' library) puts "Output-MLM-Dropout" at the model's dropout rate before
+  # RoFormerV2's tied decoder, and no dropout in v1's (BERT's) MLM head.
+  import json
+  import subprocess
+  import sys
+  from bert4keras_logits import ENV
+  proc = subprocess.run([sys.executable, "-c", _B4K_MLM_DROPOUT], env={**os.environ, **ENV}, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  ref = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert ref == {"roformer": {}, "roformer_v2": {"Output-MLM-Dropout": 0.3}}
+  rate = 0.3
+  h = jnp.asarray(np.random.RandomState(0).uniform(1, 2, size=(4, 7, 128)), jnp.float32)
+  for version in ("v1", "v2"):
+    cfg, model, params = _tiny(version=version, hidden_dropout=rate)
+    if version == "v2":  # the decoder reads the hidden state through the identity: the embedding's first rows
+      params["roformer"]["embeddings"]["word_embeddings"] = jnp.eye(500, 128)
+    head = lambda det, key: model.apply({"params": params}, h, det, rngs={"dropout": key},
+                                        method=rj.RoFormerForMaskedLM.head)[..., :128]
+    a, b = head(False, jax.random.PRNGKey(1)), head(True, jax.random.PRNGKey(1))
+    if version == "v1":
+      np.testing.assert_array_equal(a, b)
+      continue
+    np.testing.assert_array_equal(b, h)
+    kept = np.asarray(a) != 0
+    np.testing.assert_allclose(np.asarray(a)[kept], np.asarray(h / (1 - rate))[kept], rtol=1e-6)
+    assert abs(1 - kept.mean() - rate) < 0.05, kept.mean()
+    # The model's own training forward goes through it.
+    ids = jnp.asarray(np.random.RandomState(5).randint(1, 500, size=(2, 12)))
+    cfg0, model0, _ = _tiny(version="v2", hidden_dropout=rate, attention_dropout=0.0)
+    logits = model0.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)})
+    hidden = model0.apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)},
+                          method=rj.RoFormerForMaskedLM.hidden_and_logits)[0]
+    live = np.asarray(hidden) != 0
+    dropped = (np.asarray(logits)[..., :128] == 0)[live]
+    assert live.mean() > 0.5 and 0.2 < dropped.mean() < 0.4, (live.mean(), dropped.mean())
 
 
 @pytest.mark.parametrize("attention", ["softmax", "blockwise"])

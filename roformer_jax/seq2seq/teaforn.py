@@ -80,6 +80,7 @@ def teaforn_passes(model: RoFormerForMaskedLM, params: Any, input_ids: Array, to
   if num_passes > 1 and target_rows is not None and reuses_source(model.cfg, deterministic):
     states = model.apply(variables, input_ids, token_type_ids, attention_mask, rngs=rngs(0),
                          method=RoFormerForMaskedLM.layer_states, **kw)
+    # Here the head's dropout (v2) has rate 0 or is off: reuses_source holds.
     head = lambda h: model.apply(variables, h, method=RoFormerForMaskedLM.head)
     out = [(states[-1], head(states[-1]))]
     embeds = model.apply(variables, input_ids, token_type_ids, deterministic, method=RoFormerForMaskedLM.embed)
@@ -141,9 +142,12 @@ def teaforn_loss_at(model: RoFormerForMaskedLM, params: Any, input_ids: Array, t
   labels = jnp.take_along_axis(input_ids, jnp.minimum(positions + 1, input_ids.shape[1] - 1), axis=1)
   w = position_mask.astype(jnp.float32)
   per_pass = []
-  for hidden, _ in passes:
+  for k, (hidden, _) in enumerate(passes):
     h = jnp.take_along_axis(hidden, positions[..., None], axis=1)
-    lp = jax.nn.log_softmax(model.apply({"params": params}, h, method=RoFormerForMaskedLM.head), axis=-1)
+    # The head's own dropout (v2), drawn from pass k's key as the full-sequence head in `teaforn_passes` is.
+    rngs = {} if deterministic else {"dropout": jax.random.fold_in(dropout_rng, k)}
+    logits = model.apply({"params": params}, h, deterministic, rngs=rngs, method=RoFormerForMaskedLM.head)
+    lp = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(lp, labels[..., None], axis=-1)[..., 0]
     per_pass.append(jnp.sum(nll * w) / jnp.maximum(jnp.sum(w), 1.0))
   per_pass = jnp.stack(per_pass)
