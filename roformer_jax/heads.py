@@ -91,8 +91,8 @@ class SequenceClassifier(nn.Module):
       mask = mask[..., None]  # [B, L, 1]
       if self.pooling == "mean":
         pooled = jnp.sum(jnp.where(mask, h, 0.0), axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1)
-      else:
-        pooled = jnp.max(jnp.where(mask, h, -jnp.inf), axis=1)
+      else:  # a row with no real token (an eval batch's weight-0 filler) pools to 0, not -inf (NaN logits)
+        pooled = jnp.where(jnp.any(mask, axis=1), jnp.max(jnp.where(mask, h, -jnp.inf), axis=1), 0.0)
       pooled = pooled.astype(jnp.dtype(self.cfg.dtype))
     return self.classifier(pooled).astype(jnp.float32)
 

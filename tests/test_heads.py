@@ -79,3 +79,22 @@ def test_flop_count_matches_xla_cost_analysis():
   cost = cost[0] if isinstance(cost, list) else cost
   ratio = cost["flops"] / (flops.encoder_flops(cfg, batch, seq, 1) + 2 * batch * cfg.hidden_size * 5)
   assert 1.0 <= ratio < 1.02, ratio
+
+
+@pytest.mark.parametrize("pooling", ["first", "mean", "max"])
+def test_an_all_padding_row_keeps_the_sums_finite(pooling):
+  """The eval pipeline fills the last batch with all-zero rows (weight 0): their logits must be finite, or
+  loss * 0 is NaN and poisons the dev loss (max pooling over no real token gave -inf)."""
+  ids, mask = _inputs()
+  ids[2], mask[2] = 0, 0
+  model = SequenceClassifier(CFG, 3, pooling)
+  params = rj.init_params(model, jax.random.PRNGKey(0))
+  batch = dict(input_ids=ids, token_type_ids=np.zeros_like(ids), attention_mask=mask,
+               labels=np.array([0, 2, 0], np.int32), weights=np.array([1, 1, 0], np.float32))
+  assert np.isfinite(np.asarray(model.apply({"params": params}, ids, None, mask))).all()
+  logits = np.asarray(model.apply({"params": params}, ids[:2], None, mask[:2]), np.float64)
+  ce = -(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))[np.arange(2), batch["labels"][:2]]
+  np.testing.assert_allclose(float(objectives.classification_eval(model)(params, batch)["loss"]), ce.sum(), rtol=1e-5)
+  grads = jax.grad(lambda p: objectives.classification_loss(model)(p, batch, jax.random.PRNGKey(0), jnp.int32(0))[0])(
+      params)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
