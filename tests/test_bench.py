@@ -19,6 +19,32 @@ def test_rounds_interleave_and_rotate():
       + ["b"] * 3 + ["ours"] * 3 + ["a"] * 3
 
 
+def test_medians_and_ratios_by_round():
+  times = {"ours": [[1.0, 3.0, 2.0], [4.0, 4.0, 5.0]], "peer": [[2.0, 2.0, 2.0], [6.0, 7.0, 8.0]]}
+  assert common.step_medians(times) == {"ours": 3.5, "peer": 4.0}  # over every step of every round
+  assert common.ratio_by_round(times, "peer", "ours") == [1.0, 7.0 / 4.0]
+
+
+def test_forward_bench_interleaves_both_sides(capsys, monkeypatch):
+  """`bench forward` times ours and the port in the same interleaved rounds at each length, not one after the
+  other, and prints the ratio round by round."""
+  from roformer_jax.bench import forward as bench_forward
+  calls = []
+  real = common.interleaved_times
+  monkeypatch.setattr(bench_forward, "interleaved_times",
+                      lambda runs, rounds, repeats: (calls.append((list(runs), rounds, repeats)),
+                                                     real(runs, rounds, repeats))[1])
+  bench_forward.main(["--preset", "tiny", "--seq", "16,24", "--batch", "2", "--rounds", "3", "--repeats", "1"])
+  assert calls == [(["ours", "port"], 3, 1)] * 2  # one schedule per length, both implementations in it
+  lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+  assert [(x["impl"], x["seq"]) for x in lines] == [("roformer_jax", 16), ("roformer (PyTorch port)", 16),
+                                                     ("roformer_jax", 24), ("roformer (PyTorch port)", 24)]
+  for peer in lines[1::2]:
+    assert len(peer["ours_over_peer_by_round"]) == 3 and peer["ours_over_peer"] > 0 and peer["rounds"] == 3
+    import torch
+    assert (peer["torch"], peer["torch_threads"]) == (torch.__version__, torch.get_num_threads())
+
+
 def test_train_bench_prints_ratios_by_round(capsys):
   bench_train.main(["--preset", "tiny", "--seq", "32", "--batch", "2", "--rounds", "2", "--repeats", "1",
                     "--peers", "roformer"])

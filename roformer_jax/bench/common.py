@@ -57,6 +57,16 @@ def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats:
   return times
 
 
+def step_medians(times: dict[str, list[list[float]]]) -> dict[str, float]:
+  """Each implementation's median step over all rounds of `interleaved_times`."""
+  return {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
+
+
+def ratio_by_round(times: dict[str, list[list[float]]], slow: str, fast: str) -> list[float]:
+  """`slow`'s median step over `fast`'s, round by round (how much the machine moved the ratio)."""
+  return [statistics.median(s) / statistics.median(f) for s, f in zip(times[slow], times[fast])]
+
+
 def machine() -> str:
   """'<model name> (family F model M[, avx512_bf16]), N cores'. A VM's model name ('AMD EPYC') can hide the
   generation, and the generation decides the matmul peak (Zen 4 runs AVX-512 at half Zen 5's width)."""
