@@ -145,3 +145,45 @@ def test_attention_rejects_unknown_variants_up_front(capsys, tmp_path, monkeypat
   # A known variant is accepted even where it cannot run (splash off TPU): that stays an "unsupported" row.
   args = bench_attention.parse_args(["--variants", "splash", "--layer-variants", "gau", "--lengths", "16"])
   assert (args.variants, args.lengths) == ("splash", [16])
+
+
+def test_attention_train_step_sides_take_the_same_steps():
+  """`attention --train-step --torch`: ours and the port both time the step after the same untimed warm-up
+  (counted by each side's own Adam state), on the same masked positions."""
+  from roformer_jax.bench import attention as bench_attention
+  spec = dict(preset="tiny", n=24, remat="full", scan_layers=True, cap=2**40, options={}, warmup=2)
+  ours = bench_attention._train_step_child(dict(spec, variant="softmax"))
+  port = bench_attention._torch_step_child(dict(spec, variant="torch"))
+  assert (ours["status"], ours["steps"], port["status"], port["steps"]) == ("ok", 3, "ok", 3)
+  assert list(bench_attention._masked_positions(24)) == [0, 8, 16]  # int(0.15 * 24) = 3, every 8th
+
+
+@pytest.mark.parametrize("preset", ["tiny", "roformer_v1_char_small"])
+def test_attention_port_takes_the_preset_shapes(preset):
+  """The port in `attention --train-step --torch` is built from --preset (it was RoFormerV2-base whatever the
+  preset)."""
+  from roformer_jax.bench import attention as bench_attention
+  from roformer_jax.config import get_config
+  cfg, port = get_config(preset), bench_attention._port_config(preset, 8192)
+  assert (port.vocab_size, port.hidden_size, port.num_hidden_layers, port.num_attention_heads,
+          port.intermediate_size) == (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
+                                      cfg.intermediate_size)
+  assert (port.hidden_dropout_prob, port.attention_probs_dropout_prob) == (cfg.hidden_dropout, cfg.attention_dropout)
+  assert port.max_position_embeddings >= 8192
+  assert (port.norm_type == "rms_norm") == (cfg.version == "v2")
+
+
+def test_attention_train_step_header_says_what_is_timed(capsys, tmp_path):
+  from roformer_jax.bench import attention as bench_attention
+  args = bench_attention.parse_args(["--train-step", "--torch", "--preset", "tiny", "--warmup", "2",
+                                     "--out", str(tmp_path)])
+  line = bench_attention.train_probe_header(args)
+  assert line.startswith("training-step probe: tiny (v2, 2 x 128, 4 heads, FFN 384, vocab 12000), batch 1")
+  assert "one step after 2 untimed step(s) on every side" in line and common.machine() in line
+  import torch
+  assert f"torch {torch.__version__} ({torch.get_num_threads()} threads)" in line
+  args.compile_only = True  # ours is only sized then; the port still runs its step
+  assert "ours compiled and sized, not run; the port's step_s: one step after 2 untimed step(s)" \
+      in bench_attention.train_probe_header(args)
+  assert "--torch: the PyTorch port has no --remat dots" in _bench_error(
+      capsys, "attention", "--train-step", "--torch", "--remat", "dots", "--out", str(tmp_path))
