@@ -25,15 +25,20 @@ def test_medians_and_ratios_by_round():
   assert common.ratio_by_round(times, "peer", "ours") == [1.0, 7.0 / 4.0]
 
 
+def _spy_schedules(monkeypatch, module) -> list:
+  """The (implementations, rounds, repeats) of each `interleaved_times` call `module` makes (the real one runs)."""
+  calls = []
+  real = common.interleaved_times
+  monkeypatch.setattr(module, "interleaved_times", lambda runs, rounds, repeats, **kw: (
+      calls.append((list(runs), rounds, repeats)), real(runs, rounds, repeats, **kw))[1])
+  return calls
+
+
 def test_forward_bench_interleaves_both_sides(capsys, monkeypatch):
   """`bench forward` times ours and the port in the same interleaved rounds at each length, not one after the
   other, and prints the ratio round by round."""
   from roformer_jax.bench import forward as bench_forward
-  calls = []
-  real = common.interleaved_times
-  monkeypatch.setattr(bench_forward, "interleaved_times",
-                      lambda runs, rounds, repeats: (calls.append((list(runs), rounds, repeats)),
-                                                     real(runs, rounds, repeats))[1])
+  calls = _spy_schedules(monkeypatch, bench_forward)
   bench_forward.main(["--preset", "tiny", "--seq", "16,24", "--batch", "2", "--rounds", "3", "--repeats", "1"])
   assert calls == [(["ours", "port"], 3, 1)] * 2  # one schedule per length, both implementations in it
   lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
@@ -43,6 +48,26 @@ def test_forward_bench_interleaves_both_sides(capsys, monkeypatch):
     assert len(peer["ours_over_peer_by_round"]) == 3 and peer["ours_over_peer"] > 0 and peer["rounds"] == 3
     import torch
     assert (peer["torch"], peer["torch_threads"]) == (torch.__version__, torch.get_num_threads())
+
+
+def test_decode_bench_interleaves_its_two_paths(capsys, monkeypatch):
+  """`bench decode` times the cached and recomputing paths in the same rounds (it ran all of one, then the other)."""
+  from roformer_jax.bench import decode as bench_decode
+  calls = _spy_schedules(monkeypatch, bench_decode)
+  bench_decode.main(["--preset", "tiny", "--batch", "2", "--source", "8", "--new", "3", "--rounds", "2"])
+  assert calls == [(["cached", "recomputed"], 2, 1)]
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert len(out["cache_speedup_by_round"]) == 2 and out["cache_speedup"] > 0 and out["rounds"] == 2
+
+
+def test_teaforn_bench_interleaves_its_two_paths(capsys, monkeypatch):
+  from roformer_jax.bench import teaforn as bench_teaforn
+  calls = _spy_schedules(monkeypatch, bench_teaforn)
+  bench_teaforn.main(["--preset", "tiny", "--batch", "2", "--seq", "16", "--source", "8", "--n", "1,2",
+                      "--rounds", "2", "--repeats", "1"])
+  assert calls == [(["recomputed"], 2, 1), (["reused", "recomputed"], 2, 1)]
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert len(out["n2"]["reuse_speedup_by_round"]) == 2 and out["n2"]["reuse_speedup"] > 0
 
 
 def test_train_bench_prints_ratios_by_round(capsys):
