@@ -212,3 +212,24 @@ def test_attention_train_step_header_says_what_is_timed(capsys, tmp_path):
       in bench_attention.train_probe_header(args)
   assert "--torch: the PyTorch port has no --remat dots" in _bench_error(
       capsys, "attention", "--train-step", "--torch", "--remat", "dots", "--out", str(tmp_path))
+
+
+def test_every_bench_line_says_machine_and_versions(capsys, tmp_path):
+  """Figures come with the machine and the versions that produced them: the attention sweep's header, each
+  exactness row and each tokenizer row (they had none, or no versions)."""
+  import jax
+  from roformer_jax.bench import attention as bench_attention, exactness, tokenizer_speed
+  assert common.versions("jax", "no-such-distribution") == {"jax": jax.__version__,
+                                                              "no-such-distribution": "not installed"}
+  bench_attention.main(["--variants", "softmax", "--layer-variants", "", "--lengths", "16", "--modes", "fwd",
+                        "--no-plots", "--out", str(tmp_path)])
+  header = capsys.readouterr().out.splitlines()[0]
+  assert header.endswith(f"; {common.machine()}, {common.today()}, jax {jax.__version__}"), header
+  exactness.main(["--cases", "padding:1x8x2x8", "--variants", "softmax", "--dtypes", "float32"])
+  row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (row["device"], row["jax"]) == (common.machine(), jax.__version__) and row["out"] < 1e-5
+  tokenizer_speed.main(["--lines", "8", "--repeats", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  import transformers
+  assert rows and all(r["versions"]["transformers"] == transformers.__version__ and r["machine"] == common.machine()
+                      for r in rows)

@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> None:
   modes = [m for m in args.modes.split(",") if m]
   variants = [v for v in args.variants.split(",") if v] + [f"layer:{v}" for v in args.layer_variants.split(",") if v]
   print(f"attention benchmark on {jax.devices()[0].device_kind} ({jax.default_backend()}), d={args.width}, "
-        f"heads={args.heads}, batch={args.batch}, {args.dtype}", flush=True)
+        f"heads={args.heads}, batch={args.batch}, {args.dtype}; {machine()}, {today()}, jax {jax.__version__}",
+        flush=True)
   path = os.path.join(args.out, "attention.csv")
   old = []
   if (args.append or args.analyze_only) and os.path.exists(path):

@@ -86,6 +86,18 @@ def machine() -> str:
   return f"{cpu}, {os.cpu_count()} cores"
 
 
+def versions(*packages: str) -> dict[str, str]:
+  """Installed versions of `packages` (distribution names); one not installed is 'not installed'."""
+  from importlib import metadata
+  out = {}
+  for name in packages:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
+
+
 def today() -> str:
   return datetime.date.today().isoformat()
 
