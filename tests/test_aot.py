@@ -21,6 +21,8 @@ def test_tiny_compiles_for_v5e_2x2():
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r["chips"] == 4 and r["device_kind"].startswith("TPU v5")
+  import jax
+  assert r["jax"] == jax.__version__ and r["libtpu"] != "not installed"  # the compiler that sized it
   assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and r["fits"]
   assert 0 < r["argument_bytes"] <= r["total_bytes"] < r["hbm_bytes"]
   assert r["temp_bytes"] > 0 and r["xla_flops_per_chip"] > 0 and r["est_step_s"] > 0

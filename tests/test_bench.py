@@ -19,6 +19,57 @@ def test_rounds_interleave_and_rotate():
       + ["b"] * 3 + ["ours"] * 3 + ["a"] * 3
 
 
+def test_medians_and_ratios_by_round():
+  times = {"ours": [[1.0, 3.0, 2.0], [4.0, 4.0, 5.0]], "peer": [[2.0, 2.0, 2.0], [6.0, 7.0, 8.0]]}
+  assert common.step_medians(times) == {"ours": 3.5, "peer": 4.0}  # over every step of every round
+  assert common.ratio_by_round(times, "peer", "ours") == [1.0, 7.0 / 4.0]
+
+
+def _spy_schedules(monkeypatch, module) -> list:
+  """The (implementations, rounds, repeats) of each `interleaved_times` call `module` makes (the real one runs)."""
+  calls = []
+  real = common.interleaved_times
+  monkeypatch.setattr(module, "interleaved_times", lambda runs, rounds, repeats, **kw: (
+      calls.append((list(runs), rounds, repeats)), real(runs, rounds, repeats, **kw))[1])
+  return calls
+
+
+def test_forward_bench_interleaves_both_sides(capsys, monkeypatch):
+  """`bench forward` times ours and the port in the same interleaved rounds at each length, not one after the
+  other, and prints the ratio round by round."""
+  from roformer_jax.bench import forward as bench_forward
+  calls = _spy_schedules(monkeypatch, bench_forward)
+  bench_forward.main(["--preset", "tiny", "--seq", "16,24", "--batch", "2", "--rounds", "3", "--repeats", "1"])
+  assert calls == [(["ours", "port"], 3, 1)] * 2  # one schedule per length, both implementations in it
+  lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+  assert [(x["impl"], x["seq"]) for x in lines] == [("roformer_jax", 16), ("roformer (PyTorch port)", 16),
+                                                     ("roformer_jax", 24), ("roformer (PyTorch port)", 24)]
+  for peer in lines[1::2]:
+    assert len(peer["ours_over_peer_by_round"]) == 3 and peer["ours_over_peer"] > 0 and peer["rounds"] == 3
+    import torch
+    assert (peer["torch"], peer["torch_threads"]) == (torch.__version__, torch.get_num_threads())
+
+
+def test_decode_bench_interleaves_its_two_paths(capsys, monkeypatch):
+  """`bench decode` times the cached and recomputing paths in the same rounds (it ran all of one, then the other)."""
+  from roformer_jax.bench import decode as bench_decode
+  calls = _spy_schedules(monkeypatch, bench_decode)
+  bench_decode.main(["--preset", "tiny", "--batch", "2", "--source", "8", "--new", "3", "--rounds", "2"])
+  assert calls == [(["cached", "recomputed"], 2, 1)]
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert len(out["cache_speedup_by_round"]) == 2 and out["cache_speedup"] > 0 and out["rounds"] == 2
+
+
+def test_teaforn_bench_interleaves_its_two_paths(capsys, monkeypatch):
+  from roformer_jax.bench import teaforn as bench_teaforn
+  calls = _spy_schedules(monkeypatch, bench_teaforn)
+  bench_teaforn.main(["--preset", "tiny", "--batch", "2", "--seq", "16", "--source", "8", "--n", "1,2",
+                      "--rounds", "2", "--repeats", "1"])
+  assert calls == [(["recomputed"], 2, 1), (["reused", "recomputed"], 2, 1)]
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert len(out["n2"]["reuse_speedup_by_round"]) == 2 and out["n2"]["reuse_speedup"] > 0
+
+
 def test_train_bench_prints_ratios_by_round(capsys):
   bench_train.main(["--preset", "tiny", "--seq", "32", "--batch", "2", "--rounds", "2", "--repeats", "1",
                     "--peers", "roformer"])
@@ -119,3 +170,66 @@ def test_attention_rejects_unknown_variants_up_front(capsys, tmp_path, monkeypat
   # A known variant is accepted even where it cannot run (splash off TPU): that stays an "unsupported" row.
   args = bench_attention.parse_args(["--variants", "splash", "--layer-variants", "gau", "--lengths", "16"])
   assert (args.variants, args.lengths) == ("splash", [16])
+
+
+def test_attention_train_step_sides_take_the_same_steps():
+  """`attention --train-step --torch`: ours and the port both time the step after the same untimed warm-up
+  (counted by each side's own Adam state), on the same masked positions."""
+  from roformer_jax.bench import attention as bench_attention
+  spec = dict(preset="tiny", n=24, remat="full", scan_layers=True, cap=2**40, options={}, warmup=2)
+  ours = bench_attention._train_step_child(dict(spec, variant="softmax"))
+  port = bench_attention._torch_step_child(dict(spec, variant="torch"))
+  assert (ours["status"], ours["steps"], port["status"], port["steps"]) == ("ok", 3, "ok", 3)
+  assert list(bench_attention._masked_positions(24)) == [0, 8, 16]  # int(0.15 * 24) = 3, every 8th
+
+
+@pytest.mark.parametrize("preset", ["tiny", "roformer_v1_char_small"])
+def test_attention_port_takes_the_preset_shapes(preset):
+  """The port in `attention --train-step --torch` is built from --preset (it was RoFormerV2-base whatever the
+  preset)."""
+  from roformer_jax.bench import attention as bench_attention
+  from roformer_jax.config import get_config
+  cfg, port = get_config(preset), bench_attention._port_config(preset, 8192)
+  assert (port.vocab_size, port.hidden_size, port.num_hidden_layers, port.num_attention_heads,
+          port.intermediate_size) == (cfg.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads,
+                                      cfg.intermediate_size)
+  assert (port.hidden_dropout_prob, port.attention_probs_dropout_prob) == (cfg.hidden_dropout, cfg.attention_dropout)
+  assert port.max_position_embeddings >= 8192
+  assert (port.norm_type == "rms_norm") == (cfg.version == "v2")
+
+
+def test_attention_train_step_header_says_what_is_timed(capsys, tmp_path):
+  from roformer_jax.bench import attention as bench_attention
+  args = bench_attention.parse_args(["--train-step", "--torch", "--preset", "tiny", "--warmup", "2",
+                                     "--out", str(tmp_path)])
+  line = bench_attention.train_probe_header(args)
+  assert line.startswith("training-step probe: tiny (v2, 2 x 128, 4 heads, FFN 384, vocab 12000), batch 1")
+  assert "one step after 2 untimed step(s) on every side" in line and common.machine() in line
+  import torch
+  assert f"torch {torch.__version__} ({torch.get_num_threads()} threads)" in line
+  args.compile_only = True  # ours is only sized then; the port still runs its step
+  assert "ours compiled and sized, not run; the port's step_s: one step after 2 untimed step(s)" \
+      in bench_attention.train_probe_header(args)
+  assert "--torch: the PyTorch port has no --remat dots" in _bench_error(
+      capsys, "attention", "--train-step", "--torch", "--remat", "dots", "--out", str(tmp_path))
+
+
+def test_every_bench_line_says_machine_and_versions(capsys, tmp_path):
+  """Figures come with the machine and the versions that produced them: the attention sweep's header, each
+  exactness row and each tokenizer row (they had none, or no versions)."""
+  import jax
+  from roformer_jax.bench import attention as bench_attention, exactness, tokenizer_speed
+  assert common.versions("jax", "no-such-distribution") == {"jax": jax.__version__,
+                                                              "no-such-distribution": "not installed"}
+  bench_attention.main(["--variants", "softmax", "--layer-variants", "", "--lengths", "16", "--modes", "fwd",
+                        "--no-plots", "--out", str(tmp_path)])
+  header = capsys.readouterr().out.splitlines()[0]
+  assert header.endswith(f"; {common.machine()}, {common.today()}, jax {jax.__version__}"), header
+  exactness.main(["--cases", "padding:1x8x2x8", "--variants", "softmax", "--dtypes", "float32"])
+  row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert (row["device"], row["jax"]) == (common.machine(), jax.__version__) and row["out"] < 1e-5
+  tokenizer_speed.main(["--lines", "8", "--repeats", "1"])
+  rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+  import transformers
+  assert rows and all(r["versions"]["transformers"] == transformers.__version__ and r["machine"] == common.machine()
+                      for r in rows)

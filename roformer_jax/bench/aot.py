@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from roformer_jax.bench.common import nonnegative_int, positive_int, today
+from roformer_jax.bench.common import nonnegative_int, positive_int, today, versions
 
 # Per-chip HBM (bytes), bf16 dense peak (FLOP/s) and HBM bandwidth (bytes/s), public spec sheets.
 CHIPS = {
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
   cost = extrapolated_cost(cfg, devices, mesh_axes, a.batch, a.seq, preds) if a.scan else None
   result = {"topology": a.topology, "chips": len(devices), "device_kind": devices[0].device_kind,
             "preset": a.preset, "batch": a.batch, "seq": a.seq, "mesh": dict(mesh.shape), "dtype": a.dtype,
-            "remat": a.remat, "scan_layers": a.scan, "date": today(),
+            "remat": a.remat, "scan_layers": a.scan, "date": today(), **versions("jax", "libtpu"),
             **analyse(compiled, cfg, family, len(devices), a.batch, a.seq, preds, cost)}
   print(json.dumps(result), flush=True)
   if not result["fits"]:

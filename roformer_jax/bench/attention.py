@@ -10,7 +10,8 @@ ran out of memory), unsupported (the variant refused the shape or platform). flo
 cost_analysis(), which counts a loop body once: for blockwise/pallas/linear-with-segments it is per block.
 
 `--train-step` instead probes one full training step of a preset (default RoFormerV2-base) per variant
-and length in a memory-capped subprocess (DIR/train_step.csv); `--torch` adds the PyTorch `roformer` port.
+and length in a memory-capped subprocess (DIR/train_step.csv); `--torch` adds the PyTorch `roformer` port at
+the preset's shapes and dropout. Every side times one step after `--warmup` untimed ones (default 1).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 
 from roformer_jax import attention as attn
 from roformer_jax import rope as rope_lib
-from roformer_jax.bench.common import positive_int, positive_ints
+from roformer_jax.bench.common import machine, median_time, nonnegative_int, positive_int, positive_ints, today
 from roformer_jax.config import ModelConfig, get_config, known_attention
 
 COLUMNS = ("variant", "n", "mode", "flops_analytic", "flops_xla", "temp_bytes", "time_ms", "status")
@@ -345,6 +346,12 @@ def plot(rows, out_dir: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Training-step probe (subprocess per cell, address space capped)
 # ----------------------------------------------------------------------------------------------
+def _masked_positions(n: int) -> np.ndarray:
+  """The probe's MLM targets, the same on every side: 15% of the n positions, evenly spaced."""
+  p = max(1, int(0.15 * n))
+  return np.arange(p, dtype=np.int32) * (n // p)
+
+
 def _train_step_child(spec: dict) -> dict:
   import optax
   import roformer_jax as rj
@@ -352,12 +359,12 @@ def _train_step_child(spec: dict) -> dict:
                    attention_options=tuple(sorted(spec["options"].items())))
   if spec["variant"] == "dot_product":
     cfg = cfg.replace(attention_dropout=0.0)  # jax.nn has no attention dropout
-  n, p = spec["n"], max(1, int(0.15 * spec["n"]))
+  n = spec["n"]
   model = rj.RoFormerForMaskedLM(cfg)
   tx = optax.adam(1e-4)
   ids = jnp.ones((1, n), jnp.int32) * 5
-  positions = jnp.arange(p, dtype=jnp.int32)[None] * (n // p)
-  labels = jnp.ones((1, p), jnp.int32)
+  positions = jnp.asarray(_masked_positions(n))[None]
+  labels = jnp.ones(positions.shape, jnp.int32)
 
   def step(params, opt_state, rng):
     def loss_fn(params):
@@ -376,35 +383,48 @@ def _train_step_child(spec: dict) -> dict:
   out = dict(compiled_bytes=int(mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes))
   if out["compiled_bytes"] > spec["cap"] or spec.get("compile_only"):
     return dict(out, status="oom" if out["compiled_bytes"] > spec["cap"] else "memory_only")
-  start = time.perf_counter()
-  params, opt_state, loss = compiled(params, opt_state, jax.random.PRNGKey(1))
-  jax.block_until_ready(loss)
-  return dict(out, step_s=time.perf_counter() - start, loss=float(loss), status="ok")
+  box = [params, opt_state, None]
+
+  def run():  # waits for the whole update, not only the loss
+    box[:] = compiled(box[0], box[1], jax.random.PRNGKey(1))
+    jax.block_until_ready(box)
+  step_s = median_time(run, warmup=spec["warmup"], repeats=1)
+  return dict(out, step_s=step_s, loss=float(box[2]), steps=int(box[1][0].count), status="ok")
+
+
+def _port_config(preset: str, n: int):
+  """The `roformer` port at the preset's shapes and dropout (as our side runs it), positions for n tokens."""
+  from roformer import RoFormerConfig
+  from roformer_jax.bench.train import port_kwargs
+  cfg = get_config(preset)
+  return RoFormerConfig(**{**port_kwargs(cfg, n), "hidden_dropout_prob": cfg.hidden_dropout,
+                           "attention_probs_dropout_prob": cfg.attention_dropout})
 
 
 def _torch_step_child(spec: dict) -> dict:
   import torch
-  from roformer import RoFormerConfig, RoFormerForMaskedLM
+  from roformer import RoFormerForMaskedLM
   torch.manual_seed(0)
   n = spec["n"]
-  cfg = RoFormerConfig(vocab_size=12000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                       intermediate_size=3072, max_position_embeddings=n, norm_type="rms_norm", use_bias=False,
-                       hidden_act="relu")
-  model = RoFormerForMaskedLM(cfg)
+  model = RoFormerForMaskedLM(_port_config(spec["preset"], n))
   if spec["remat"] == "full":
     model.gradient_checkpointing_enable()
   model.train()
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
   ids = torch.full((1, n), 5, dtype=torch.long)
   labels = torch.full((1, n), -100, dtype=torch.long)
-  labels[0, :: max(1, n // max(1, int(0.15 * n)))] = 1
-  for _ in range(2):  # the first step also pays PyTorch's lazy allocations; time the second
-    start = time.perf_counter()
-    loss = model(input_ids=ids, labels=labels).loss
-    loss.backward()
+  labels[0, torch.from_numpy(_masked_positions(n)).long()] = 1
+  box = [None]
+
+  def run():
+    box[0] = model(input_ids=ids, labels=labels).loss
+    box[0].backward()
     opt.step()
     opt.zero_grad(set_to_none=False)
-  return dict(step_s=time.perf_counter() - start, loss=float(loss), status="ok", compiled_bytes="")
+  # The same untimed warm-up steps as our side (PyTorch's first step also pays its lazy allocations).
+  step_s = median_time(run, warmup=spec["warmup"], repeats=1)
+  steps = int(opt.state[next(iter(model.parameters()))]["step"])
+  return dict(step_s=step_s, loss=box[0].item(), steps=steps, status="ok", compiled_bytes="")
 
 
 def _child_main(spec_json: str) -> None:
@@ -420,8 +440,29 @@ def _child_main(spec_json: str) -> None:
   print("RESULT " + json.dumps(out), flush=True)
 
 
+def train_probe_header(args) -> str:
+  """What the probe times, on which shapes and machine (printed before its rows)."""
+  cfg = get_config(args.preset)  # an unknown preset: one ConfigError here, not one failed child per cell
+  timed = f"step_s: one step after {args.warmup} untimed step(s) on every side, the update waited for"
+  if args.compile_only:  # the port has nothing to compile: it still runs
+    timed = "ours compiled and sized, not run" + (f"; the port's step_s: one step after {args.warmup} untimed "
+                                                   f"step(s)" if args.torch else "")
+  line = (f"training-step probe: {args.preset} ({cfg.version}, {cfg.num_layers} x {cfg.hidden_size}, "
+          f"{cfg.num_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}), batch 1, MLM loss at "
+          f"15% of positions, Adam, dropout {cfg.hidden_dropout}/{cfg.attention_dropout}, remat={args.remat}, "
+          f"scan_layers={not args.no_scan}; {timed}; each cell in its own process capped at {args.mem_cap:g} GiB")
+  if args.torch:
+    import torch
+    line += (f"; torch: the roformer port at the same shapes and dropout, full-vocabulary logits, gradient "
+             f"checkpointing {'on' if args.remat == 'full' else 'off'}")
+  line += f"; {machine()}, {today()}, jax {jax.__version__}"
+  if args.torch:
+    line += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  return line
+
+
 def train_probe(args, options: dict) -> None:
-  get_config(args.preset)  # an unknown preset: one ConfigError here, not one failed child per cell
+  print(train_probe_header(args), flush=True)
   variants = [v for v in args.variants.split(",") if v] + (["torch"] if args.torch else [])
   lengths = args.lengths
   cap = int(args.mem_cap * 2**30)
@@ -440,7 +481,7 @@ def train_probe(args, options: dict) -> None:
         if variant in ("mixer", "synthesizer"):  # fixed-length mixers: sized for this n
           opts.setdefault(f"{variant}_max_length", n)
         spec = dict(preset=args.preset, variant=variant, n=n, remat=args.remat, scan_layers=not args.no_scan,
-                    cap=cap, options=opts, compile_only=args.compile_only or interpreted)
+                    cap=cap, options=opts, compile_only=args.compile_only or interpreted, warmup=args.warmup)
         cmd = [sys.executable, "-m", "roformer_jax.bench.attention", "--child", json.dumps(spec)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.step_timeout)
         result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -506,7 +547,12 @@ def parse_args(argv):
   # back into the forward pass and the compiled footprint is the same as without remat.
   p.add_argument("--no-scan", action="store_true", help="with --train-step: unrolled layers (default: nn.scan)")
   p.add_argument("--step-timeout", type=float, default=7200.0)
+  p.add_argument("--warmup", type=nonnegative_int, default=1,
+                 help="with --train-step: untimed steps before the timed one, the same on every side (0: the "
+                      "first step after compilation, for cells too long to run twice)")
   args = p.parse_args(argv)
+  if args.train_step and args.torch and args.remat == "dots":  # the port has only whole-layer checkpointing
+    p.exit(2, f"{p.prog}: error: --torch: the PyTorch port has no --remat dots (use full or none)\n")
   # Checked up front: an unknown name would only show as one "unsupported" row per cell, after a long sweep.
   # (A known variant that refuses a shape or platform stays a row: that is a result.)
   if args.train_step:  # whole models: any `ModelConfig.attention`
@@ -537,7 +583,8 @@ def main(argv: list[str] | None = None) -> None:
   modes = [m for m in args.modes.split(",") if m]
   variants = [v for v in args.variants.split(",") if v] + [f"layer:{v}" for v in args.layer_variants.split(",") if v]
   print(f"attention benchmark on {jax.devices()[0].device_kind} ({jax.default_backend()}), d={args.width}, "
-        f"heads={args.heads}, batch={args.batch}, {args.dtype}", flush=True)
+        f"heads={args.heads}, batch={args.batch}, {args.dtype}; {machine()}, {today()}, jax {jax.__version__}",
+        flush=True)
   path = os.path.join(args.out, "attention.csv")
   old = []
   if (args.append or args.analyze_only) and os.path.exists(path):

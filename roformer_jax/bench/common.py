@@ -57,6 +57,16 @@ def interleaved_times(runs: dict[str, Callable[[], None]], rounds: int, repeats:
   return times
 
 
+def step_medians(times: dict[str, list[list[float]]]) -> dict[str, float]:
+  """Each implementation's median step over all rounds of `interleaved_times`."""
+  return {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
+
+
+def ratio_by_round(times: dict[str, list[list[float]]], slow: str, fast: str) -> list[float]:
+  """`slow`'s median step over `fast`'s, round by round (how much the machine moved the ratio)."""
+  return [statistics.median(s) / statistics.median(f) for s, f in zip(times[slow], times[fast])]
+
+
 def machine() -> str:
   """'<model name> (family F model M[, avx512_bf16]), N cores'. A VM's model name ('AMD EPYC') can hide the
   generation, and the generation decides the matmul peak (Zen 4 runs AVX-512 at half Zen 5's width)."""
@@ -74,6 +84,18 @@ def machine() -> str:
     extra = "".join(f", {f}" for f in ("avx512_bf16", "amx_bf16") if f in flags)  # bf16 dot products, AMX tiles
     cpu += f" (family {info['cpu family']} model {info.get('model', '?')}{extra})"
   return f"{cpu}, {os.cpu_count()} cores"
+
+
+def versions(*packages: str) -> dict[str, str]:
+  """Installed versions of `packages` (distribution names); one not installed is 'not installed'."""
+  from importlib import metadata
+  out = {}
+  for name in packages:
+    try:
+      out[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      out[name] = "not installed"
+  return out
 
 
 def today() -> str:

@@ -4,7 +4,8 @@
 
 Random source ids, no end token (every row generates `--new` tokens), random weights: the speed of the loop, not
 of a trained model. `tokens_per_s` counts generated tokens (batch x new [x beam]) per second of one jitted call,
-the median of `--repeats` after a compiling call; both paths give the same tokens (tests/test_seq2seq_decode.py).
+the median over interleaved rounds (`bench.common.interleaved_times`: each of `--rounds` rounds times `--repeats`
+calls of each path in turn, after a compiling call); both paths give the same tokens (tests/test_seq2seq_decode.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, positive_int, today
+from roformer_jax.bench.common import interleaved_times, machine, positive_int, ratio_by_round, step_medians, today
 
 
 def main(argv=None) -> None:
@@ -24,7 +25,8 @@ def main(argv=None) -> None:
   p.add_argument("--source", type=positive_int, default=64, help="source tokens per row, [CLS] and [SEP] included")
   p.add_argument("--new", type=positive_int, default=64, help="tokens generated per row")
   p.add_argument("--beam", type=positive_int, default=1, help="1 = greedy")
-  p.add_argument("--repeats", type=positive_int, default=3)
+  p.add_argument("--repeats", type=positive_int, default=1, help="timed calls per path per round")
+  p.add_argument("--rounds", type=positive_int, default=3, help="rounds; each times both paths in turn")
   a = p.parse_args(argv)
   import jax
   import roformer_jax as rj
@@ -38,17 +40,19 @@ def main(argv=None) -> None:
   src[:, 0], src[:, -1] = 2, 3  # [CLS] ... [SEP]; end_id -1 never matches: every row runs to --new tokens
   out = {"preset": a.preset, "batch": a.batch, "source": a.source, "new": a.new, "beam": a.beam}
   generated = a.batch * a.new * a.beam
-  for use_cache in (True, False):
+
+  def path(use_cache: bool):
     if a.beam == 1:
-      fn = lambda: jax.block_until_ready(decode.greedy_decode(model, params, src, max_new_tokens=a.new, end_id=-1,
-                                                              use_cache=use_cache).tokens)
-    else:
-      fn = lambda: jax.block_until_ready(decode.beam_search(model, params, src, beam_size=a.beam, max_new_tokens=a.new,
+      return lambda: jax.block_until_ready(decode.greedy_decode(model, params, src, max_new_tokens=a.new, end_id=-1,
+                                                                use_cache=use_cache).tokens)
+    return lambda: jax.block_until_ready(decode.beam_search(model, params, src, beam_size=a.beam, max_new_tokens=a.new,
                                                             end_id=-1, use_cache=use_cache).tokens)
-    t = median_time(fn, warmup=1, repeats=a.repeats)
-    out["cached" if use_cache else "recomputed"] = {"tokens_per_s": round(generated / t, 1), "seconds": round(t, 3)}
+  times = interleaved_times({"cached": path(True), "recomputed": path(False)}, a.rounds, a.repeats, warmup=1)
+  for name, t in step_medians(times).items():
+    out[name] = {"tokens_per_s": round(generated / t, 1), "seconds": round(t, 3)}
   out["cache_speedup"] = round(out["cached"]["tokens_per_s"] / out["recomputed"]["tokens_per_s"], 2)
-  out.update(device=machine(), date=today(), jax=jax.__version__)
+  out["cache_speedup_by_round"] = [round(x, 2) for x in ratio_by_round(times, "recomputed", "cached")]
+  out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
   print(json.dumps(out), flush=True)
 
 

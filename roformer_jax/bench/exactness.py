@@ -23,6 +23,7 @@ import numpy as np
 from roformer_jax import attention as attn
 from roformer_jax import rope as rope_lib
 from roformer_jax.attention.softmax import reference_attention
+from roformer_jax.bench.common import machine, today
 
 DEFAULT_CASES = "padding:2x37x4x64,packed:2x512x12x64,subset:2x512x12x64,packed:1x4096x12x64"
 DEFAULT_VARIANTS = "softmax,softmax:xla,dot_product,dot_product:cudnn,blockwise,pallas"
@@ -106,10 +107,13 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--variants", default=DEFAULT_VARIANTS, help="attention[:implementation], comma list")
   p.add_argument("--dtypes", default="float32,bfloat16")
   a = p.parse_args(argv)
+  # Errors depend on the device and the compiler: every row says which.
+  where = dict(device=machine() if jax.default_backend() == "cpu" else jax.devices()[0].device_kind,
+               jax=jax.__version__, date=today())
   for case in filter(None, a.cases.split(",")):
     for dtype in filter(None, a.dtypes.split(",")):
       for variant in filter(None, a.variants.split(",")):
-        print(json.dumps(check(variant, case, jnp.dtype(dtype))), flush=True)
+        print(json.dumps({**check(variant, case, jnp.dtype(dtype)), **where}), flush=True)
 
 
 if __name__ == "__main__":

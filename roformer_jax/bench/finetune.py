@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from typing import Callable
 
 import numpy as np
 
-from roformer_jax.bench.common import bert4torch_heads, interleaved_times, machine, positive_int, today
+from roformer_jax.bench.common import (bert4torch_heads, interleaved_times, machine, positive_int, ratio_by_round,
+                                       step_medians, today)
 
 TASKS = ("classify", "ner", "unilm")
 
@@ -115,10 +115,9 @@ def setup_port(task: str, cfg, b: dict, types: int, compiled: bool = False) -> C
   the forward and loss run under `torch.autocast("cpu", torch.bfloat16)` (float32 weights and optimiser)."""
   import torch
   import roformer
-  from roformer_jax.bench.train import _peer_kwargs
+  from roformer_jax.bench.train import port_kwargs
   torch.manual_seed(0)
-  extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
-  pcfg = roformer.RoFormerConfig(**_peer_kwargs(cfg, b["input_ids"].shape[1]), **extra)
+  pcfg = roformer.RoFormerConfig(**port_kwargs(cfg, b["input_ids"].shape[1]))
   t = {k: torch.tensor(v, dtype=torch.float32 if v.dtype == np.float32 else torch.long) for k, v in b.items()}
   if task == "classify":
     pcfg.num_labels = 2
@@ -197,7 +196,7 @@ def main(argv=None) -> None:
     runs[peer] = setup_port(a.task, cfg, b, a.types, compiled=peer.endswith("-compile"))
     runs[peer]()
   times = interleaved_times(runs, a.rounds, a.repeats)
-  step = {n: statistics.median(t for r in ts for t in r) for n, ts in times.items()}
+  step = step_medians(times)
   tokens = a.batch * a.seq
   out = {"task": a.task, "preset": a.preset, "seq": a.seq, "batch": a.batch, "attention": a.attention,
          "dtype": a.dtype,
@@ -206,8 +205,7 @@ def main(argv=None) -> None:
   for peer in [n for n in runs if n != "ours"]:
     key = peer.replace(" ", "_")
     out[f"ours_over_{key}"] = round(step[peer] / step["ours"], 2)
-    by_round = [statistics.median(times[peer][r]) / statistics.median(times["ours"][r]) for r in range(a.rounds)]
-    out[f"ours_over_{key}_by_round"] = [round(x, 2) for x in by_round]
+    out[f"ours_over_{key}_by_round"] = [round(x, 2) for x in ratio_by_round(times, peer, "ours")]
   out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
   if any(n in runs for n in ("roformer", "roformer-compile")):
     import torch

@@ -4,9 +4,10 @@
 
 One jitted value-and-grad of `teaforn_loss_at` (no optimizer) on random ids, the first `--source` tokens
 segment 0 and the rest segment 1, no dropout (so reuse applies). Both paths give the same loss and gradients
-(tests/test_seq2seq_teaforn.py). Rounds alternate the two paths; `tokens_per_s` counts batch x seq per step
-of each pass count, the median over rounds; `reuse_speedup` is recomputed time / reused time (N = 1, plain
-teacher forcing, has one path: the reference cost).
+(tests/test_seq2seq_teaforn.py). Interleaved rounds (`bench.common.interleaved_times`: each of `--rounds` rounds
+times `--repeats` steps of each path in turn, the order rotating); `tokens_per_s` counts batch x seq per step
+of each pass count, over the median step; `reuse_speedup` is recomputed time / reused time, also given round by
+round (N = 1, plain teacher forcing, has one path: the reference cost).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import json
 
 import numpy as np
 
-from roformer_jax.bench.common import machine, median_time, positive_int, positive_ints, today
+from roformer_jax.bench.common import (interleaved_times, machine, positive_int, positive_ints, ratio_by_round,
+                                       step_medians, today)
 
 
 def main(argv=None) -> None:
@@ -54,17 +56,14 @@ def main(argv=None) -> None:
                                                     target_rows=r)[0]
       step = jax.jit(jax.value_and_grad(loss))
       fns[name] = lambda step=step: jax.block_until_ready(step(params))
-    times = {k: [] for k in fns}
-    for _ in range(a.rounds):
-      for k, fn in fns.items():
-        times[k].append(median_time(fn, warmup=1, repeats=a.repeats))
-    row = {k: {"tokens_per_s": round(tokens / float(np.median(t)), 1), "seconds": round(float(np.median(t)), 4)}
-           for k, t in times.items()}
+    times = interleaved_times(fns, a.rounds, a.repeats, warmup=1)
+    row = {k: {"tokens_per_s": round(tokens / t, 1), "seconds": round(t, 4)} for k, t in step_medians(times).items()}
     if n > 1:
       row["reuse_speedup"] = round(row["recomputed"]["seconds"] / row["reused"]["seconds"], 2)
+      row["reuse_speedup_by_round"] = [round(x, 2) for x in ratio_by_round(times, "recomputed", "reused")]
     out[f"n{n}"] = row
     print(json.dumps({"n": n, **row}), flush=True)
-  out.update(device=machine(), date=today(), jax=jax.__version__)
+  out.update(rounds=a.rounds, repeats=a.repeats, device=machine(), date=today(), jax=jax.__version__)
   print(json.dumps(out), flush=True)
 
 

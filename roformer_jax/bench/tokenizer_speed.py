@@ -20,7 +20,7 @@ import time
 
 from roformer_jax import corpus
 from roformer_jax import tokenization as T
-from roformer_jax.bench.common import machine, median_time, nonnegative_int, positive_int, today
+from roformer_jax.bench.common import machine, median_time, nonnegative_int, positive_int, today, versions
 
 
 def _ours(tok, offsets=True):
@@ -82,6 +82,7 @@ def _run(a, lines, tmp: pathlib.Path) -> None:
       ("roformer.RoFormerTokenizer (slow, rjieba)", "word", _hf(_roformer_peer(word_vocab), True), True),
   ]
   n_chars, reference = sum(map(len, lines)), {}
+  peer_versions = versions("transformers", "tokenizers", "roformer", "jieba", "rjieba")
   for name, kind, encode, slow in runs:
     encode(lines[:a.batch])  # warm-up: jieba dictionaries, allocations
     out = []
@@ -97,7 +98,8 @@ def _run(a, lines, tmp: pathlib.Path) -> None:
                           tokens=n_tokens, seconds=round(seconds, 3), cpu_seconds=round(cpu, 3),
                           tokens_per_s=round(n_tokens / seconds),
                           lines_differing_from_ours=sum(x != y for x, y in zip(out, ref)),
-                          batch=a.batch, machine=machine(), date=today()), ensure_ascii=False), flush=True)
+                          batch=a.batch, machine=machine(), date=today(), versions=peer_versions),
+                     ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

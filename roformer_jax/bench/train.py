@@ -152,12 +152,18 @@ def _peer_kwargs(cfg, seq=0):
               max_position_embeddings=max(4096, seq), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+def port_kwargs(cfg, seq=0) -> dict:
+  """The `roformer` port's RoFormerConfig arguments for `cfg`'s shapes (dropout 0); a v2 config gets the port's
+  RoFormerV2 switches (RMS norm, no biases, ReLU)."""
+  extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
+  return {**_peer_kwargs(cfg, seq), **extra}
+
+
 def setup_roformer_port(cfg, batch, seq, preds, compiled=False):
   import torch
   from roformer import RoFormerConfig, RoFormerForMaskedLM
   torch.manual_seed(0)
-  extra = dict(norm_type="rms_norm", use_bias=False, hidden_act="relu") if cfg.version == "v2" else {}
-  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**_peer_kwargs(cfg, seq), **extra)), batch, seq, preds,
+  return _torch_step(RoFormerForMaskedLM(RoFormerConfig(**port_kwargs(cfg, seq))), batch, seq, preds,
                      cfg.vocab_size, cfg.dtype, compiled)
 
 
