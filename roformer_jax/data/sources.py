@@ -17,7 +17,7 @@ import pathlib
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 from roformer_jax import corpus
-from roformer_jax.data.jsonl import DataError  # noqa: F401 -- one class for every bad data line
+from roformer_jax.data.jsonl import DataError, raw_lines  # noqa: F401 -- one class for every bad data line
 
 EMBEDDED = "embedded"
 TEXT_SUFFIXES = (".txt", ".jsonl")
@@ -66,20 +66,19 @@ def folder_documents(folder: os.PathLike | str, text_field: str = "content",
   """Documents of every `.txt` / `.jsonl` file under `folder`; see the module docstring."""
   stats = stats if stats is not None else LineStats()
   for path in text_files(folder):
-    with open(path, "rb") as f:
-      for n, raw in enumerate(f, 1):
-        try:
-          text = _parse_line(raw, path.suffix, text_field)
-        except ValueError as e:
-          where = f"{path}:{n}: {e}"
-          if not skip_bad_lines:
-            raise CorpusError(f"{where} (pass skip_bad_lines=True to skip and count such lines)") from None
-          stats.bad_lines += 1
-          if len(stats.first_bad) < 10:
-            stats.first_bad.append(where)
-          continue
-        if text:
-          yield Document(text, None)
+    for n, raw in raw_lines(path):
+      try:
+        text = _parse_line(raw, path.suffix, text_field)
+      except ValueError as e:
+        where = f"{path}:{n}: {e}"
+        if not skip_bad_lines:
+          raise CorpusError(f"{where} (pass skip_bad_lines=True to skip and count such lines)") from None
+        stats.bad_lines += 1
+        if len(stats.first_bad) < 10:
+          stats.first_bad.append(where)
+        continue
+      if text:
+        yield Document(text, None)
 
 
 def _parse_line(raw: bytes, suffix: str, text_field: str) -> str:
