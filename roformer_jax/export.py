@@ -4,7 +4,8 @@
 
 writes OUT/config.json (the `roformer` package's format: `norm_type`/`use_bias` tell v1 from v2),
 OUT/model.safetensors (or shards plus model.safetensors.index.json) with the ports' tensor names,
-and OUT/vocab.txt; `--tf` adds bert_config.json and bert_model.ckpt.* for bert4keras.
+OUT/vocab.txt and OUT/tokenizer_config.json (so transformers' AutoTokenizer picks BertTokenizer for a char
+vocab, RoFormerTokenizer for a jieba word vocab); `--tf` adds bert_config.json and bert_model.ckpt.* for bert4keras.
 
 Tensors go to the host one at a time (from each addressable shard of a sharded array), so no
 device ever holds the whole model; host memory peaks at one safetensors shard. The folder is
@@ -263,6 +264,30 @@ def _write_vocab(vocab: Any, cfg: ModelConfig, path: Path) -> None:
     raise ValueError(f"vocab {what} has {count} tokens, more than the model's vocab_size={cfg.vocab_size}")
 
 
+def tokenizer_config(vocab: Any, vocab_txt: Path, max_position_embeddings: int) -> dict[str, Any] | None:
+  """tokenizer_config.json for a WordPiece vocab, or None (a SentencePiece model, a vocab.txt that is no BERT vocab).
+
+  Without it, transformers' AutoTokenizer takes the class from model_type "roformer": RoFormerTokenizer(Fast),
+  which cuts jieba words first. Right for the v1 word models, but a char vocab (RoFormerV2, v1-char) then
+  splits full-width digits and letters ("９７" -> 9, 7 instead of 9, ##7) unlike the BERT tokenizer it
+  was trained with. `vocab`: what export_hf got; a path is judged as `load_tokenizer` judges it (its folder's
+  tokenizer_config.json, else the vocab itself); `vocab_txt`: the vocab.txt written.
+  """
+  from roformer_jax import tokenization
+  if isinstance(vocab, tokenization.SentencePieceTokenizer):
+    return None
+  if not isinstance(vocab, tokenization.WordPieceTokenizer):
+    src = vocab if isinstance(vocab, (str, os.PathLike)) else getattr(vocab, "vocab_file", vocab_txt)
+    try:
+      vocab = tokenization.load_tokenizer(src)
+    except ValueError:  # no [PAD] / [UNK] ...: nothing transformers could tokenize with
+      return None
+    if not isinstance(vocab, tokenization.WordPieceTokenizer):
+      return None
+  return {"tokenizer_class": "RoFormerTokenizer" if vocab.pre_tokenize == "jieba" else "BertTokenizer",
+          "do_lower_case": vocab.do_lower_case, "model_max_length": max_position_embeddings}
+
+
 @contextlib.contextmanager
 def _atomic_dir(out: Path, overwrite: bool, enabled: bool = True) -> Iterator[Path | None]:
   """Yields a temporary sibling of `out`; renames it to `out` only if the block completes."""
@@ -323,6 +348,9 @@ def export_hf(model_cfg: ModelConfig, params: dict, vocab_file_or_tokenizer: Any
       (tmp / "config.json").write_text(json.dumps(hf_config(cfg, with_mlm, max_position_embeddings), indent=2) + "\n")
       if vocab_file_or_tokenizer is not None:
         _write_vocab(vocab_file_or_tokenizer, cfg, tmp / "vocab.txt")
+        tok_config = tokenizer_config(vocab_file_or_tokenizer, tmp / "vocab.txt", max_position_embeddings)
+        if tok_config is not None:
+          (tmp / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
       weights = _SafetensorsWriter(tmp, max_shard_size)
     for entry, value in _host_tensors(plan):
       if primary:

@@ -215,6 +215,23 @@ def test_cache_is_reused_and_keyed(embedded, tokenizer, monkeypatch, tmp_path):
   assert len(keys) == 4
 
 
+def test_cache_key_follows_file_contents_not_mtimes(tokenizer, tmp_path):
+  """An edit that keeps the size and restores the mtime (cp -p, rsync -t, tar) is a new corpus; a touch is not."""
+  folder = _write_corpus(tmp_path / "corpus", ["甲乙丙", "丁戊己"])
+  fields = dict(source=str(folder), text_field="content", seq_len=SEQ_LEN, heldout_fraction=0.02,
+                skip_bad_lines=False, max_documents=None)
+  key = builder.cache_key(fields, tokenizer)
+  path = folder / "a.txt"
+  st = path.stat()
+  path.write_text("甲乙丙\n丁戊庚\n", encoding="utf-8")  # same size
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+  assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+  edited = builder.cache_key(fields, tokenizer)
+  assert edited != key
+  os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  assert builder.cache_key(fields, tokenizer) == edited  # same bytes: the prepared rows still hold
+
+
 def _fail(*args, **kwargs):
   raise RuntimeError("simulated crash while tokenising")
 

@@ -387,3 +387,43 @@ def test_cli_bad_paths_and_sizes_fail_in_one_line_before_loading(tmp_path, capsy
   assert "argument --max-position-embeddings: must be at least 1, got 0" in capsys.readouterr().err
   with pytest.raises(ValueError, match="max_shard_size must be at least 1 byte, got 0"):
     export.export_hf(rj.get_config("tiny"), {}, None, tmp_path / "api", max_shard_size=0)
+
+
+def test_tokenizer_config_makes_auto_tokenizer_match_ours(tmp_path):
+  """transformers' AutoTokenizer on an exported folder gives our ids: BertTokenizer for a char vocab (without
+  tokenizer_config.json it took RoFormerTokenizer, whose jieba cuts split "９７" into 9, 7 instead of 9, ##7),
+  RoFormerTokenizer for a jieba word vocab; do_lower_case from the source folder's tokenizer_config.json."""
+  import itertools
+  import transformers
+  from roformer_jax import corpus, tokenization
+  lines = list(itertools.islice(corpus.people_daily_lines(), 1500)) + list(itertools.islice(corpus.review_lines(), 1500))
+  texts = ["在’９７中国旅游年基础上，改革开放２０年来", "iPhone 15 Pro售价7999元，比去年贵了100元。", "ＡＢＣ全角１２３和abc123混排",
+           "《深度学习》发表于2024年!!", "Hello World! 你好，世界……"] + lines[::100]
+  chars = tokenization.build_char_vocab(lines)
+  vocabs = {"char": chars, "word": tokenization.build_char_vocab(lines, extra_words=tokenization.top_jieba_words(lines, 2000))}
+  for name, tokens in vocabs.items():
+    src = tmp_path / f"src-{name}"
+    src.mkdir()
+    tokenization.write_vocab(tokens, src / "vocab.txt")
+  upper = tmp_path / "src-upper"
+  shutil.copytree(tmp_path / "src-char", upper)
+  (upper / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": False}))
+  cfg = rj.ModelConfig(version="v2", vocab_size=max(map(len, vocabs.values())), hidden_size=16, num_layers=1,
+                       num_heads=2, intermediate_size=16)
+  params = _init(cfg)
+  for name, vocab in [("char", tmp_path / "src-char" / "vocab.txt"), ("word", tmp_path / "src-word" / "vocab.txt"),
+                      ("upper", upper / "vocab.txt"), ("object", tokenization.load_tokenizer(tmp_path / "src-word"))]:
+    out = export.export_hf(cfg, params, vocab, tmp_path / f"out-{name}", max_position_embeddings=256)
+    ours = vocab if name == "object" else tokenization.load_tokenizer(vocab)
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    word = name in ("word", "object")
+    assert type(theirs).__name__ == ("RoFormerTokenizerFast" if word else "BertTokenizerFast")
+    assert (theirs.do_lower_case if hasattr(theirs, "do_lower_case") else theirs.init_kwargs["do_lower_case"]) == (
+        name != "upper") and theirs.model_max_length == 256
+    for text in texts:
+      assert theirs(text)["input_ids"] == ours.encode(text).ids, (name, text)
+    again = tokenization.load_tokenizer(out)  # and ours reads the folder back as it was
+    assert (again.pre_tokenize, again.do_lower_case) == (ours.pre_tokenize, ours.do_lower_case)
+  sp = tokenization.train_sentencepiece(iter(lines[:200]), tmp_path / "sp", vocab_size=1500, hard_vocab_limit=False)
+  out = export.export_hf(cfg, params, tokenization.SentencePieceTokenizer(sp), tmp_path / "out-sp")
+  assert not (out / "tokenizer_config.json").exists()  # its vocab.txt is no WordPiece vocab: claim no class

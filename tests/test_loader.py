@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -132,3 +133,25 @@ def test_file_errors(folders, tmp_path):
 def test_config_overrides_and_dtype(folders):
   model, _ = rj.from_pretrained(folders / "v2", dtype="bfloat16", hidden_dropout=0.0, attention="softmax")
   assert model.cfg.dtype == "bfloat16" and model.cfg.hidden_dropout == 0.0 and model.cfg.version == "v2"
+
+
+def test_sharded_checkpoints_load_as_the_single_file(tmp_path):
+  """transformers' save_pretrained(max_shard_size=...) folders, safetensors and pytorch_model.bin shards."""
+  import transformers
+  torch.manual_seed(0)
+  model = transformers.RoFormerForMaskedLM(transformers.RoFormerConfig(**SMALL))
+  model.save_pretrained(tmp_path / "single")
+  model.save_pretrained(tmp_path / "st", max_shard_size="30KB")
+  model.save_pretrained(tmp_path / "bin", max_shard_size="30KB", safe_serialization=False)
+  assert len(list((tmp_path / "st").glob("model-*.safetensors"))) > 1
+  assert len(list((tmp_path / "bin").glob("pytorch_model-*.bin"))) > 1
+  _, single = rj.from_pretrained(tmp_path / "single")
+  for name in ("st", "bin"):
+    _, params = rj.from_pretrained(tmp_path / name)
+    assert jax.tree.structure(params) == jax.tree.structure(single)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single)):
+      np.testing.assert_array_equal(a, b)
+  shard = sorted((tmp_path / "bin").glob("pytorch_model-*.bin"))[1]
+  shard.unlink()
+  with pytest.raises(FileNotFoundError, match=rf"pytorch_model\.bin\.index\.json: shard file\(s\) \['{shard.name}'\]"):
+    rj.from_pretrained(tmp_path / "bin")

@@ -32,7 +32,7 @@ import re
 import unicodedata
 from typing import Optional, Sequence, Union
 
-from roformer_jax.data.jsonl import DataError, field, read_json_list, read_jsonl
+from roformer_jax.data.jsonl import DataError, field, read_json_list, read_jsonl, read_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -109,9 +109,7 @@ def read_cmrc(path: PathLike, maxlen: int = 512, stride: int = 128) -> tuple[lis
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
   try:
-    root = json.loads(path.read_text(encoding="utf-8-sig"))
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+    root = json.loads(read_text(path))
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(root, dict):
@@ -248,7 +246,7 @@ def read_chid(path: PathLike, answer_path: Optional[PathLike] = None, maxlen: in
     if not answer_path.is_file():
       raise FileNotFoundError(f"{answer_path}: no such file")
     try:
-      answers = json.loads(answer_path.read_text(encoding="utf-8-sig"))
+      answers = json.loads(read_text(answer_path))
     except json.JSONDecodeError as e:
       raise DataError(f"{answer_path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(answers, dict):

@@ -1,6 +1,6 @@
 """`from_pretrained`: (model, params) from the layouts the PyTorch ports publish.
 
-A folder with `config.json` and `model.safetensors` (or a sharded index, or `pytorch_model.bin`).
+A folder with `config.json` and `model.safetensors` or `pytorch_model.bin` (or either's sharded index).
 The `roformer` package's configs (v1 and v2: `norm_type`, `use_bias`) and `transformers`
 RoFormer configs (v1) are both read. Every tensor is accounted for: a missing, unexpected or
 mis-shaped one raises `CheckpointError` naming it, so v2 weights can never end up silently in a
@@ -78,31 +78,46 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json", **overrides)
 # ----------------------------------------------------------------------------------------------
 # Tensors
 # ----------------------------------------------------------------------------------------------
+def _shards(index: Path) -> list[Path]:
+  """The shard files an index (`save_pretrained(max_shard_size=...)`) names, each once, checked to exist."""
+  try:
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{index}: invalid JSON at line {e.lineno}: {e.msg}") from None
+  except (KeyError, TypeError):
+    raise CheckpointError(f"{index}: no 'weight_map' {{tensor: shard file}}") from None
+  files = sorted({index.parent / f for f in weight_map.values()})
+  missing = [f.name for f in files if not f.is_file()]
+  if missing:
+    raise FileNotFoundError(f"{index}: shard file(s) {missing} not found in {index.parent}")
+  return files
+
+
 def read_torch_tensors(folder: Path) -> tuple[dict[str, np.ndarray], str]:
   """All tensors of a ports' folder as float32 numpy arrays, and the file(s) they came from."""
   single = folder / "model.safetensors"
   index = folder / "model.safetensors.index.json"
   binary = folder / "pytorch_model.bin"
-  if single.exists() or index.exists():
+  binary_index = folder / "pytorch_model.bin.index.json"
+  tensors = {}
+  if single.exists() or index.exists():  # safetensors first, as transformers
     from safetensors.numpy import load_file
-    files = [single] if single.exists() else sorted(
-        {folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-    tensors = {}
-    for f in files:
+    for f in [single] if single.exists() else _shards(index):
       tensors.update(load_file(str(f)))
     source = single.name if single.exists() else index.name
-  elif binary.exists():
+  elif binary.exists() or binary_index.exists():
     try:
       import torch
     except ImportError:
       raise CheckpointError(f"{binary}: reading pytorch_model.bin needs torch (pip install torch); "
                             "or convert the folder to model.safetensors") from None
-    state = torch.load(binary, map_location="cpu", weights_only=True)
-    tensors = {k: v.float().numpy() for k, v in state.items()}
-    source = binary.name
+    for f in [binary] if binary.exists() else _shards(binary_index):
+      state = torch.load(f, map_location="cpu", weights_only=True)
+      tensors.update({k: v.float().numpy() for k, v in state.items()})
+    source = binary.name if binary.exists() else binary_index.name
   else:
     raise FileNotFoundError(f"{folder}: no weights found (looked for model.safetensors, "
-                            "model.safetensors.index.json, pytorch_model.bin)")
+                            "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json)")
   return {k: np.asarray(v, np.float32) for k, v in tensors.items()}, source
 
 

@@ -6,6 +6,10 @@ each starts on. A line that cannot be
 used raises `DataError("path:line: why")`, so a user can open the file at the bad line; the field
 helpers say which field is missing or has the wrong type. `write_jsonl` writes a temp file in the
 same folder and renames it, so a reader (or a crash) never sees half a file.
+
+Every reader of a user's text file goes through `raw_lines` (streamed) or `read_text` (whole): a UTF-8
+byte-order mark at the start is dropped (Windows editors write one), and lines end at \\n, \\r\\n or a lone
+\\r (old Mac), as Python's text mode counts them, so `path:line` is the line an editor shows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,33 @@ from typing import Any, Iterable, Iterator, Union
 from roformer_jax.config import DataError  # the one class; modules that import it from here keep working
 
 PathLike = Union[str, os.PathLike]
+BOM = b"\xef\xbb\xbf"
+
+
+def raw_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
+  """(1-based line number, bytes without the line ending) of every line of `path`, streamed; a leading UTF-8
+  BOM is dropped. Bytes, not text, so each caller reports invalid UTF-8 with its own line number."""
+  # latin-1 maps bytes to characters one to one, so text mode's universal newlines split the raw bytes (a UTF-8
+  # multi-byte sequence never holds \r or \n) and encode() gives them back unchanged.
+  with open(path, encoding="latin-1", newline=None) as f:
+    for n, line in enumerate(f, 1):
+      raw = line.encode("latin-1")
+      raw = raw[:-1] if raw.endswith(b"\n") else raw
+      yield n, (raw[len(BOM):] if n == 1 and raw.startswith(BOM) else raw)
+
+
+def read_text(path: PathLike) -> str:
+  """The whole of `path` as text: UTF-8 with an optional BOM, line endings made \\n (so a JSON decoder's line
+  numbers are the file's); invalid UTF-8 raises DataError naming the file and line."""
+  raw = pathlib.Path(path).read_bytes()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    head = raw[:e.start]
+    line = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
+    raise DataError(f"{path}:{line}: invalid UTF-8 at byte {e.start}") from None
+  text = text[1:] if text.startswith("\ufeff") else text
+  return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
@@ -30,22 +61,21 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      where = f"{path}:{n}"
-      try:
-        line = raw.decode("utf-8").strip()
-      except UnicodeDecodeError as e:
-        raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
-      if not line:
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-      yield n, obj
+  for n, raw in raw_lines(path):
+    where = f"{path}:{n}"
+    try:
+      line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+    if not line:
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+      raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    yield n, obj
 
 
 def read_json_list(path: PathLike, element: type = dict) -> Iterator[tuple[int, Any]]:
@@ -58,12 +88,7 @@ def read_json_list(path: PathLike, element: type = dict) -> Iterator[tuple[int, 
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
-  raw = path.read_bytes()
-  try:
-    text = raw.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    bad_line = raw.count(b"\n", 0, e.start) + 1
-    raise DataError(f"{path}:{bad_line}: invalid UTF-8 at byte {e.start}") from None
+  text = read_text(path)
   decoder = json.JSONDecoder()
   line, seen = 1, 0  # line number at offset `seen`, counted incrementally
 

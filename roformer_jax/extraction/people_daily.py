@@ -49,7 +49,7 @@ from typing import Optional, Union
 import numpy as np
 
 from roformer_jax import corpus, splits
-from roformer_jax.data.jsonl import DataError, field, read_jsonl, write_jsonl
+from roformer_jax.data.jsonl import DataError, field, raw_lines, read_jsonl, write_jsonl
 from roformer_jax.extraction.readers import NerExample
 
 PathLike = Union[str, os.PathLike]
@@ -185,25 +185,24 @@ def read_people_daily(path: Optional[PathLike] = None) -> tuple[list[tuple[int, 
   path = source_file(path)
   seen: dict[str, tuple] = {}
   out, stats = [], dict(paragraphs=0, sentences=0, duplicates=0, conflicting_duplicates=0)
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      where = f"{path}:{n}"
-      try:
-        line = raw.decode("utf-8").strip()
-      except UnicodeDecodeError as e:
-        raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
-      if not line:
+  for n, raw in raw_lines(path):
+    where = f"{path}:{n}"
+    try:
+      line = raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+    if not line:
+      continue
+    paragraph = stats["paragraphs"]
+    stats["paragraphs"] += 1
+    for sentence in parse_paragraph(line, where):
+      stats["sentences"] += 1
+      if sentence.text in seen:
+        stats["duplicates"] += 1
+        stats["conflicting_duplicates"] += seen[sentence.text] != sentence.entities
         continue
-      paragraph = stats["paragraphs"]
-      stats["paragraphs"] += 1
-      for sentence in parse_paragraph(line, where):
-        stats["sentences"] += 1
-        if sentence.text in seen:
-          stats["duplicates"] += 1
-          stats["conflicting_duplicates"] += seen[sentence.text] != sentence.entities
-          continue
-        seen[sentence.text] = sentence.entities
-        out.append((paragraph, sentence))
+      seen[sentence.text] = sentence.entities
+      out.append((paragraph, sentence))
   return out, stats
 
 

@@ -103,18 +103,18 @@ def _bad_char(text: str) -> Optional[str]:
 def read_review_file(path: PathLike) -> Iterator[tuple[int, str]]:
   """(1-based line number, stripped text) of every non-blank line; a line that is not UTF-8 or holds
   a control character raises `DataError` naming the file and line."""
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      try:
-        line = raw.decode("utf-8")
-      except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
-      line = line.strip()  # also strips the full-width spaces of an "empty" line
-      bad = _bad_char(line)
-      if bad is not None:
-        raise DataError(f"{path}:{n}: control character {bad!r} in a review line")
-      if line:
-        yield n, line
+  from roformer_jax.data.jsonl import raw_lines  # lazily: the data package imports tfds
+  for n, raw in raw_lines(path):
+    try:
+      line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    line = line.strip()  # also strips the full-width spaces of an "empty" line
+    bad = _bad_char(line)
+    if bad is not None:
+      raise DataError(f"{path}:{n}: control character {bad!r} in a review line")
+    if line:
+      yield n, line
 
 
 def read_reviews(source_dir: Optional[PathLike] = None) -> tuple[LabelledTexts, dict[str, int]]:

@@ -42,27 +42,26 @@ class TitleExample:
 
 def read_csl_tsv(path: PathLike) -> list[TitleExample]:
   """One split: `title<TAB>abstract` lines (blank lines skipped)."""
-  from roformer_jax.data.jsonl import DataError
+  from roformer_jax.data.jsonl import DataError, raw_lines
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: CSL split not found (expected title<TAB>abstract lines)")
   out = []
-  with open(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
-      where = f"{path}:{n}"
-      try:
-        line = raw.decode("utf-8").rstrip("\r\n")  # not strip(): a leading tab is an empty title
-      except UnicodeDecodeError as e:
-        raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
-      if not line.strip():
-        continue
-      fields = line.split("\t")
-      if len(fields) != 2:
-        raise DataError(f"{where}: expected title<TAB>abstract, found {len(fields)} tab-separated fields")
-      title, abstract = (x.strip() for x in fields)
-      if not title or not abstract:
-        raise DataError(f"{where}: empty {'title' if not title else 'abstract'}")
-      out.append(TitleExample(title, abstract, where))
+  for n, raw in raw_lines(path):
+    where = f"{path}:{n}"
+    try:
+      line = raw.decode("utf-8")  # not strip(): a leading tab is an empty title
+    except UnicodeDecodeError as e:
+      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+    if not line.strip():
+      continue
+    fields = line.split("\t")
+    if len(fields) != 2:
+      raise DataError(f"{where}: expected title<TAB>abstract, found {len(fields)} tab-separated fields")
+    title, abstract = (x.strip() for x in fields)
+    if not title or not abstract:
+      raise DataError(f"{where}: empty {'title' if not title else 'abstract'}")
+    out.append(TitleExample(title, abstract, where))
   return out
 
 
