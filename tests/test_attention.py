@@ -139,6 +139,23 @@ def test_dropout_is_the_same_hash_mask_in_blockwise_and_pallas():
   assert abs(float(jnp.mean(keep)) - (1 - rate)) < 0.01
 
 
+@pytest.mark.parametrize("block_q, block_k", [(24, 32), (32, 24)])
+def test_pallas_blocks_that_do_not_divide_each_other(block_q, block_k):
+  # 24 and 32: the padded length must be a multiple of both (96 here, not 64), or the last rows go uncomputed.
+  rng = np.random.RandomState(6)
+  n = 60
+  q, k, v = (jnp.asarray(rng.randn(1, n, H, D), jnp.float32) for _ in range(3))
+  mask = attn.AttentionMask(jnp.ones((1, n), bool))
+  rope = rope_lib.rope_angles(rope_lib.default_positions(1, n), D)
+  options = dict(block_q=block_q, block_k=block_k)
+  want = reference_attention(q, k, v, mask, rope=rope)
+  np.testing.assert_allclose(attn.get_attention("pallas")(q, k, v, mask, rope=rope, **options), want, atol=2e-6,
+                             rtol=1e-5)
+  want_grads = jax.grad(_loss("reference", mask, rope), (0, 1, 2))(q, k, v)
+  for g, w in zip(jax.grad(_loss("pallas", mask, rope, **options), (0, 1, 2))(q, k, v), want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
 def test_blockwise_temporary_memory_is_linear_in_length():
   def temp_bytes(name, n, **options):
     x = jax.ShapeDtypeStruct((1, n, 4, 64), jnp.float32)

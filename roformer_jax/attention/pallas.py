@@ -298,7 +298,8 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
   platform = platform or jax.default_backend()
   interpret = (platform == "cpu") if interpret is None else bool(interpret)
   bq, bk = _block("block_q", block_q, n), _block("block_k", block_k, n)
-  length = -(-n // max(bq, bk)) * max(bq, bk)  # powers of two: a multiple of both
+  tile = math.lcm(bq, bk)  # the padded length is a multiple of both (block sizes need not be powers of two)
+  length = -(-n // tile) * tile
   if rope is None:
     zeros = jnp.zeros((b, n, d // 2), jnp.float32)
     rope = (zeros, zeros + 1.0)
