@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 VERSIONS = ("v1", "v2")
@@ -19,6 +21,10 @@ def known_attention() -> list[str]:
 
 class ConfigError(ValueError):
   """A configuration value is invalid; the message names the field."""
+
+
+def _real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class DataError(ValueError):
@@ -88,12 +94,19 @@ class ModelConfig:
           f"ModelConfig.num_heads: head size hidden_size/num_heads = {self.head_size} must be even for RoPE")
     for name in ("hidden_dropout", "attention_dropout"):
       value = getattr(self, name)
-      if not 0.0 <= value < 1.0:
+      if not (_real(value) and 0.0 <= value < 1.0):
         raise ConfigError(f"ModelConfig.{name} must be in [0, 1), got {value!r}")
-    if self.norm_eps <= 0:
-      raise ConfigError(f"ModelConfig.norm_eps must be positive, got {self.norm_eps!r}")
-    if self.rope_base <= 0:
-      raise ConfigError(f"ModelConfig.rope_base must be positive, got {self.rope_base!r}")
+    for name in ("norm_eps", "rope_base"):  # (NaN and inf would pass a plain `> 0`)
+      value = getattr(self, name)
+      if not (_real(value) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"ModelConfig.{name} must be positive and finite, got {value!r}")
+    for name in ("rotary_value", "scan_layers"):  # a string such as "no" would be truthy
+      if not isinstance(getattr(self, name), bool):
+        raise ConfigError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+    if not (isinstance(self.attention_options, tuple)
+            and all(isinstance(kv, tuple) and len(kv) == 2 and isinstance(kv[0], str) for kv in self.attention_options)):
+      raise ConfigError(f"ModelConfig.attention_options must be a tuple of (key, value) pairs (it keeps the config "
+                        f"hashable), got {self.attention_options!r}")
     if self.dtype not in DTYPES:
       raise ConfigError(f"ModelConfig.dtype: unknown dtype {self.dtype!r}; expected one of {DTYPES}")
     if self.remat not in REMAT_POLICIES:
@@ -103,7 +116,8 @@ class ModelConfig:
                         f"expected one of {MATMUL_PRECISIONS}")
     if self.attention not in known_attention():
       raise ConfigError(f"ModelConfig.attention: unknown variant {self.attention!r}; known: {known_attention()}")
-    if not 0 <= self.pad_token_id < self.vocab_size:
+    pad = self.pad_token_id
+    if not (isinstance(pad, numbers.Integral) and not isinstance(pad, bool) and 0 <= pad < self.vocab_size):
       raise ConfigError(f"ModelConfig.pad_token_id ({self.pad_token_id}) must be in [0, vocab_size={self.vocab_size})")
 
   @property

@@ -139,6 +139,48 @@ def test_dropout_is_the_same_hash_mask_in_blockwise_and_pallas():
   assert abs(float(jnp.mean(keep)) - (1 - rate)) < 0.01
 
 
+@pytest.mark.parametrize("block_q, block_k", [(24, 32), (32, 24)])
+def test_pallas_blocks_that_do_not_divide_each_other(block_q, block_k):
+  # 24 and 32: the padded length must be a multiple of both (96 here, not 64), or the last rows go uncomputed.
+  rng = np.random.RandomState(6)
+  n = 60
+  q, k, v = (jnp.asarray(rng.randn(1, n, H, D), jnp.float32) for _ in range(3))
+  mask = attn.AttentionMask(jnp.ones((1, n), bool))
+  rope = rope_lib.rope_angles(rope_lib.default_positions(1, n), D)
+  options = dict(block_q=block_q, block_k=block_k)
+  want = reference_attention(q, k, v, mask, rope=rope)
+  np.testing.assert_allclose(attn.get_attention("pallas")(q, k, v, mask, rope=rope, **options), want, atol=2e-6,
+                             rtol=1e-5)
+  want_grads = jax.grad(_loss("reference", mask, rope), (0, 1, 2))(q, k, v)
+  for g, w in zip(jax.grad(_loss("pallas", mask, rope, **options), (0, 1, 2))(q, k, v), want_grads):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+def test_pallas_takes_a_mask_shared_by_the_batch_at_full_batch():
+  # The kernels index every mask operand by the grid's batch program id; Triton does not bounds-check that
+  # index, so a [1, L] key mask or ids (one mask for every row) must reach pallas_call as [B, L].
+  q, k, v, key_mask, rope = _inputs()
+  seg = jnp.asarray(np.where(np.arange(L) < 15, 1, 2))[None]
+  shared = attn.AttentionMask(key_mask[1:], seg, causal_ids=seg)
+  rows = attn.AttentionMask(*(jnp.broadcast_to(t, (B, L)) for t in (key_mask[1:], seg)),
+                            causal_ids=jnp.broadcast_to(seg, (B, L)))
+  fn = lambda q, k, v, m: attn.get_attention("pallas")(q, k, v, m, rope=rope, **EXACT["pallas"])
+  np.testing.assert_allclose(fn(q, k, v, shared), reference_attention(q, k, v, rows, rope=rope), atol=2e-6, rtol=1e-5)
+  jaxpr = jax.make_jaxpr(lambda q, k, v: jax.vjp(lambda *a: fn(*a, shared), q, k, v)[1](q))(q, k, v)
+
+  def calls(j):
+    for e in j.eqns:
+      yield from [e] if e.primitive.name == "pallas_call" else ()
+      for sub in jax.extend.core.jaxprs_in_params(e.params):
+        yield from calls(sub)
+
+  found = list(calls(jaxpr.jaxpr))
+  assert len(found) == 3  # fwd, dkv, dq
+  for call in found:
+    for x in call.invars:
+      assert x.aval.ndim < 2 or x.aval.shape[0] == B, x.aval
+
+
 def test_blockwise_temporary_memory_is_linear_in_length():
   def temp_bytes(name, n, **options):
     x = jax.ShapeDtypeStruct((1, n, 4, 64), jnp.float32)

@@ -214,3 +214,19 @@ def test_kernel_names_a_misshapen_operand():
   seg = mask.segment_ids
   with pytest.raises(Exception, match="cpu_attention: v has the wrong shape"):
     jax.block_until_ready(cpu_attention.forward(q, k, v[:, :30], mask.key_mask, seg, seg))
+
+
+def test_a_mask_shared_by_the_batch_is_broadcast_for_the_kernel():
+  # A [1, L] key mask or ids (one mask for every row) broadcast in the reference; the kernel reads [B, L] and
+  # read past them. The same values as the per-row masks, and a misshapen one is refused by name.
+  q, k, v, mask, rope = _case(3, 40, 2, 16)
+  shared = attn.AttentionMask(mask.key_mask[1:2], mask.segment_ids[1:2])
+  rows = attn.AttentionMask(*(jnp.broadcast_to(t, (3, 40)) for t in (shared.key_mask, shared.segment_ids)))
+  want, want_g = _value_and_grads(lambda q, k, v: softmax.reference_attention(q, k, v, rows, rope=rope), q, k, v)
+  got, g = _value_and_grads(lambda q, k, v: softmax.softmax_attention(q, k, v, shared, rope=rope), q, k, v)
+  np.testing.assert_allclose(got, want, rtol=2e-5)
+  for x, y in zip(g, want_g):
+    np.testing.assert_allclose(x, y, atol=2e-5 * float(jnp.max(jnp.abs(y))))
+  if cpu_attention.available():
+    with pytest.raises(Exception, match="cpu_attention: key_mask has the wrong shape"):
+      jax.block_until_ready(cpu_attention.forward(q, k, v, shared.key_mask, mask.segment_ids, mask.segment_ids))

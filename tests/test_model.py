@@ -29,6 +29,17 @@ from roformer_jax.model import stack_layers, unstack_layers
     (dict(embedding_size=64), r"ModelConfig.embedding_size: RoFormerV2 has no embedding mapping"),
     (dict(norm_eps=0.0), r"ModelConfig.norm_eps must be positive"),
     (dict(pad_token_id=12000), r"ModelConfig.pad_token_id \(12000\) must be in"),
+    # Wrong types and non-finite numbers: named, not a bare TypeError, nor silently accepted.
+    (dict(hidden_dropout="0.1"), r"ModelConfig.hidden_dropout must be in \[0, 1\), got '0.1'"),
+    (dict(attention_dropout=None), r"ModelConfig.attention_dropout must be in \[0, 1\), got None"),
+    (dict(norm_eps="1e-12"), r"ModelConfig.norm_eps must be positive"),
+    (dict(norm_eps=float("nan")), r"ModelConfig.norm_eps must be positive"),
+    (dict(rope_base=float("inf")), r"ModelConfig.rope_base must be positive"),
+    (dict(pad_token_id=1.5), r"ModelConfig.pad_token_id \(1.5\) must be in"),
+    (dict(pad_token_id=None), r"ModelConfig.pad_token_id \(None\) must be in"),
+    (dict(scan_layers="no"), r"ModelConfig.scan_layers must be a bool, got 'no'"),
+    (dict(rotary_value=1), r"ModelConfig.rotary_value must be a bool, got 1"),
+    (dict(attention_options={"block_q": 8}), r"ModelConfig.attention_options must be a tuple of \(key, value\)"),
 ])
 def test_config_errors_name_the_field(changes, message):
   with pytest.raises(rj.ConfigError, match=message):

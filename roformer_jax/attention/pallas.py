@@ -298,12 +298,18 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
   platform = platform or jax.default_backend()
   interpret = (platform == "cpu") if interpret is None else bool(interpret)
   bq, bk = _block("block_q", block_q, n), _block("block_k", block_k, n)
-  length = -(-n // max(bq, bk)) * max(bq, bk)  # powers of two: a multiple of both
+  tile = math.lcm(bq, bk)  # the padded length is a multiple of both (block sizes need not be powers of two)
+  length = -(-n // tile) * tile
   if rope is None:
     zeros = jnp.zeros((b, n, d // 2), jnp.float32)
     rope = (zeros, zeros + 1.0)
   sin, cos = (blockwise.pad_to(jnp.broadcast_to(t, (b, n, d // 2)).astype(jnp.float32), 1, length) for t in rope)
   to_heads = lambda x: blockwise.pad_to(jnp.swapaxes(x, 1, 2), 2, length)  # [B, L, H, D] -> [B, H, L', D]
+  # Every mask operand at [B, L]: the kernels index them by the grid's batch id, which Triton does not
+  # bounds-check, so a mask shared by the batch ([1, L]) would be read past its end.
+  full = lambda t: None if t is None else jnp.broadcast_to(t, (b, n))
+  mask = mask.replace(key_mask=full(mask.key_mask), segment_ids=full(mask.segment_ids),
+                      causal_ids=full(mask.causal_ids))
   codes = blockwise.key_codes(mask, length)[:, None, :]
   seg_q = seg_k = None
   if mask.segment_ids is not None:

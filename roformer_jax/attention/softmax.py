@@ -223,8 +223,12 @@ def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionM
     query_seg = key_seg if query_seg is None else query_seg
     if key_seg is None:
       key_seg, query_seg = (jnp.zeros(x.shape[:2], jnp.int32) for x in (k, q))
+    # The kernel reads them as [B, Lk] and [B, Lq]: a mask shared by the batch ([1, L]) is broadcast here, as
+    # `mask.dense()` broadcasts it for the other paths.
+    key_mask, key_seg, query_seg = (jnp.broadcast_to(t, x.shape[:2]) for t, x in
+                                    ((mask.key_mask, k), (key_seg, k), (query_seg, q)))
     kernel = functools.partial(_attend_kernel, causal=causal)
-    branches["cpu"] = lambda q, k, v: _per_shard(kernel, q, k, v, mask.key_mask.astype(bool),
+    branches["cpu"] = lambda q, k, v: _per_shard(kernel, q, k, v, key_mask.astype(bool),
                                                  key_seg.astype(jnp.int32), query_seg.astype(jnp.int32), ropes)
   if implementation == "auto" and dot_product.cudnn_applies(q, dropout=keep is not None):
     # NVIDIA GPUs, bf16: cuDNN's flash attention, the same function (packed documents and query subsets

@@ -263,12 +263,22 @@ ffi::Error decode(const F32& q, const F32& k, std::initializer_list<std::pair<co
   return ffi::Error::Success();
 }
 
+// The mask operands must be [B, Lk] (key_mask, key_seg) and [B, Lq] (query_seg): the kernel indexes them so.
+ffi::Error check_masks(const Dims& d, const Pred& key_mask, const S32& key_seg, const S32& query_seg) {
+  auto is = [](auto dims, int b, int l) { return dims.size() == 2 && dims[0] == b && dims[1] == l; };
+  if (!is(key_mask.dimensions(), d.B, d.Lk)) return ffi::Error::InvalidArgument("cpu_attention: key_mask has the wrong shape");
+  if (!is(key_seg.dimensions(), d.B, d.Lk)) return ffi::Error::InvalidArgument("cpu_attention: key_seg has the wrong shape");
+  if (!is(query_seg.dimensions(), d.B, d.Lq)) return ffi::Error::InvalidArgument("cpu_attention: query_seg has the wrong shape");
+  return ffi::Error::Success();
+}
+
 const uint8_t* bytes(const Pred& x) { return reinterpret_cast<const uint8_t*>(x.typed_data()); }
 
 ffi::Error Forward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, Pred key_mask, S32 key_seg, S32 query_seg, Out o, Out p,
                    int32_t causal) {
   Dims d;
   if (auto e = decode(q, k, {}, {{"k", &k}, {"v", &v}}, causal != 0, &d); e.failure()) return e;
+  if (auto e = check_masks(d, key_mask, key_seg, query_seg); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const uint8_t* km = bytes(key_mask);
   const int32_t *ks = key_seg.typed_data(), *qs = query_seg.typed_data();
@@ -286,6 +296,7 @@ ffi::Error Backward(ffi::ThreadPool pool, F32 q, F32 k, F32 v, F32 o, F32 dout, 
                     S32 query_seg, Out dq, Out dk, Out dv, int32_t causal) {
   Dims d;
   if (auto e = decode(q, k, {{"o", &o}, {"dout", &dout}}, {{"v", &v}}, causal != 0, &d); e.failure()) return e;
+  if (auto e = check_masks(d, key_mask, key_seg, query_seg); e.failure()) return e;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data(), *opp = o.typed_data(),
               *dop = dout.typed_data(), *pp = p.typed_data();
   const uint8_t* km = bytes(key_mask);
