@@ -217,6 +217,19 @@ def test_two_processes_match_one_process(init, tmp_path):
   assert len(predictions.splitlines()) == 11
 
 
+def test_batch_axes_fewer_than_the_processes_end_in_one_line(init, tmp_path):
+  """Tensor parallel across the 2 processes (no batch axis between them): each process's rows would be a whole
+  batch of its own, different on each host. Refused before the data is read, in one line, on every process."""
+  outs = _run_processes(_args(init, tmp_path / "w", "--config.mesh.data", "1", "--config.mesh.tensor", "8"),
+                        processes=2, devices=4, expect=2)
+  for _, err in outs:
+    assert err.strip().splitlines()[-1] == (
+        "finetune: error: config.mesh: {'data': 1, 'fsdp': 1, 'tensor': 8} puts rows 0..7 of the batch on the "
+        "devices of process(es) [0, 1], but each of the 2 processes feeds 4 rows of its own: mesh.data x mesh.fsdp "
+        "(1) must split the batch over the processes (keep mesh.tensor within one process's devices)"), err[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("what, at", [("best", PER_EPOCH), ("checkpoint", 2 * PER_EPOCH)])
 def test_sigkill_while_saving_then_rerun_ends_as_the_straight_run(init, straight, tmp_path, what, at):
   """SIGKILL right after the save of the first best params (step 6) or of the last run checkpoint (step 12)

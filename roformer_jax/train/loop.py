@@ -170,7 +170,23 @@ def _check_batch(cfg, mesh) -> int:
   if (cfg.batch_size // cfg.accum_steps) % n_batch_shards:
     raise ConfigError(f"config.batch_size / accum_steps ({cfg.batch_size // cfg.accum_steps}) must divide by "
                       f"mesh.data x mesh.fsdp ({n_batch_shards})")
-  return cfg.batch_size // jax.process_count()
+  local = cfg.batch_size // jax.process_count()
+  # Each process feeds its own `local` rows of every global batch (roformer_jax.data.pipeline), so its devices must
+  # hold `local` rows that no other process's devices hold. Batch axes fewer than the processes (e.g. mesh.tensor
+  # across hosts) would make each process's rows a whole batch of its own: different params on each host, silently.
+  from roformer_jax.train import sharding
+  owners: dict[tuple[int, int], set[int]] = {}
+  for device, (rows,) in sharding.batch_sharding(mesh, 1).devices_indices_map((cfg.batch_size,)).items():
+    block = (rows.start or 0, cfg.batch_size if rows.stop is None else rows.stop)
+    owners.setdefault(block, set()).add(device.process_index)
+  held = {p: sum(b - a for (a, b), o in owners.items() if p in o) for p in range(jax.process_count())}
+  if any(len(o) > 1 for o in owners.values()) or any(n != local for n in held.values()):
+    (a, b), o = next(((k, o) for k, o in owners.items() if len(o) > 1), next(iter(owners.items())))
+    raise ConfigError(f"config.mesh: {dict(mesh.shape)} puts rows {a}..{b - 1} of the batch on the devices of "
+                      f"process(es) {sorted(o)}, but each of the {jax.process_count()} processes feeds {local} rows of "
+                      f"its own: mesh.data x mesh.fsdp ({n_batch_shards}) must split the batch over the processes "
+                      "(keep mesh.tensor within one process's devices)")
+  return local
 
 
 def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
