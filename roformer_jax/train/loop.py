@@ -100,11 +100,23 @@ class Runner:
       self._jitted[fn] = jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
     return self._jitted[fn]
 
-  def predict(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> dict:
-    """`fn(params, global batch)` for this process's numpy `local_batch`; numpy outputs."""
+  def _run(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> Any:
     import jax
     from roformer_jax.train import sharding
     return jax.device_get(self._jit(fn)(params, sharding.global_batch(local_batch, self.mesh)))
+
+  def predict(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> dict:
+    """`fn(params, global batch)` for this process's numpy `local_batch`; numpy outputs, their batch-major rows
+    in the processes' order (process 0's rows, then process 1's, ...: the examples' order in the pipelines)."""
+    import jax
+    import numpy as np
+    from roformer_jax.train import sharding
+    out = self._run(fn, params, local_batch)
+    rows = jax.process_count() * len(next(iter(local_batch.values())))
+    order = sharding.process_order(self.mesh, rows)
+    if (order == np.arange(rows)).all():
+      return out
+    return jax.tree_util.tree_map(lambda x: x[order] if np.ndim(x) and np.shape(x)[0] == rows else x, out)
 
   def sums(self, params: Any, batches: Iterable[dict], fn: Callable | None = None) -> dict:
     """`fn` (default: the task's eval_fn) summed over `batches`, in float64 on the host."""
@@ -112,7 +124,7 @@ class Runner:
     total: dict[str, Any] = {}
     for batch in batches:
       fn = fn or self._eval_fn()
-      for k, v in self.predict(fn, params, batch).items():
+      for k, v in self._run(fn, params, batch).items():
         total[k] = total.get(k, 0.0) + np.asarray(v, np.float64)
     return total
 
