@@ -37,6 +37,16 @@ def test_a_layout_that_cannot_fit_fails_clearly():
   assert "aot: does not fit" in out.stderr and "16 GiB HBM" in out.stderr, out.stderr[-2000:]
 
 
+def test_a_batch_the_batch_axes_do_not_divide_is_one_line():
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "6", "--seq", "128")
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines()[-1] == (
+      "aot: --batch 6 must divide by the mesh's data x fsdp = 1 x 4 (4 chips, --mesh 1,-1,1)"), out.stderr[-2000:]
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--mesh", "1,3,1")
+  assert out.returncode != 0 and out.stderr.strip().splitlines()[-1].startswith("aot: --mesh 1,3,1: config.mesh: "), \
+      out.stderr[-2000:]
+
+
 def test_unknown_topology_is_named():
   out = _aot("--topology", "v9x:2x2", "--preset", "tiny", "--batch", "8")
   assert out.returncode != 0 and "unknown TPU family in --topology 'v9x:2x2'" in out.stderr

@@ -175,6 +175,61 @@ def test_eight_devices_log_the_same_losses(init, straight, tmp_path, mesh):
   np.testing.assert_allclose([got[s] for s in range(1, 5)], [want[s] for s in range(1, 5)], rtol=2e-5)
 
 
+def _run_processes(args, processes, devices, expect=0):
+  """`finetune.run` in `processes` local processes of `devices` CPU devices each (gloo collectives)."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  procs = [subprocess.Popen([sys.executable, "-m", "finetune.run", *args, "--coordinator", f"localhost:{port}",
+                             "--num_processes", str(processes), "--process_id", str(i), "--init_timeout", "60"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(processes)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == expect, (p.returncode, out[-2000:], err[-3000:])
+  return outs
+
+
+def test_two_processes_match_one_process(init, tmp_path):
+  """2 processes x 4 devices: every process reads config.init (a pretraining workdir) onto its own devices; the
+  losses, the dev and test accuracy and the predictions are the single process's, over dev and test sizes that
+  leave the last global batch part padding (13, 11 with batch 8): each example once, written by process 0."""
+  files = {}
+  for split, n in (("dev", 13), ("test", 11)):
+    files[split] = tmp_path / f"{split}.tsv"
+    files[split].write_text("".join((init[1] / f"{split}.tsv").read_text(encoding="utf-8").splitlines(True)[:n]),
+                            encoding="utf-8")
+  extra = ["--config.steps", "4", "--config.data.dev", str(files["dev"]), "--config.data.test", str(files["test"])]
+  one = json.loads(_run(_args(init, tmp_path / "one", *extra)).stdout.strip().splitlines()[-1])
+  outs = _run_processes(_args(init, tmp_path / "two", *extra, "--config.mesh.data", "2", "--config.mesh.tensor", "4"),
+                        processes=2, devices=4)
+  two = json.loads(outs[0][0].strip().splitlines()[-1])
+  assert not any(line.startswith("{") for line in outs[1][0].splitlines())  # one summary, from process 0
+  np.testing.assert_allclose([_losses(tmp_path / "two")[s] for s in range(1, 5)],
+                             [_losses(tmp_path / "one")[s] for s in range(1, 5)], rtol=2e-5)
+  assert two["eval_examples"] == one["eval_examples"] == 13
+  assert (two["dev_accuracy"], two["test_accuracy"]) == (one["dev_accuracy"], one["test_accuracy"])
+  predictions = (tmp_path / "two" / "predictions" / "test.jsonl").read_text(encoding="utf-8")
+  assert predictions == (tmp_path / "one" / "predictions" / "test.jsonl").read_text(encoding="utf-8")
+  assert len(predictions.splitlines()) == 11
+
+
+def test_batch_axes_fewer_than_the_processes_end_in_one_line(init, tmp_path):
+  """Tensor parallel across the 2 processes (no batch axis between them): each process's rows would be a whole
+  batch of its own, different on each host. Refused before the data is read, in one line, on every process."""
+  outs = _run_processes(_args(init, tmp_path / "w", "--config.mesh.data", "1", "--config.mesh.tensor", "8"),
+                        processes=2, devices=4, expect=2)
+  for _, err in outs:
+    assert err.strip().splitlines()[-1] == (
+        "finetune: error: config.mesh: {'data': 1, 'fsdp': 1, 'tensor': 8} puts rows 0..7 of the batch on the "
+        "devices of process(es) [0, 1], but each of the 2 processes feeds 4 rows of its own: mesh.data x mesh.fsdp "
+        "(1) must split the batch over the processes (keep mesh.tensor within one process's devices)"), err[-2000:]
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("what, at", [("best", PER_EPOCH), ("checkpoint", 2 * PER_EPOCH)])
 def test_sigkill_while_saving_then_rerun_ends_as_the_straight_run(init, straight, tmp_path, what, at):
   """SIGKILL right after the save of the first best params (step 6) or of the last run checkpoint (step 12)

@@ -77,3 +77,20 @@ def test_two_processes_match_one_process(reference):
   got = json.loads(outs[0][0].strip().splitlines()[-1])
   assert got["processes"] == 2 and got["devices"] == 8
   np.testing.assert_allclose(got["losses"], reference["losses"], rtol=RTOL)
+
+
+def test_predictions_come_back_in_the_examples_order_when_a_process_holds_several_blocks():
+  """A mesh whose processes hold batch blocks p, p + 2, ... (as a TPU pod host's chips along the batch axes):
+  Runner.predict gives the rows in the processes' order (the examples' order), sums are unchanged."""
+  script = ROOT / "tests" / "multidevice" / "predict_order.py"
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, str(script), "--coordinator", f"localhost:{port}", "--num_processes", "2",
+                             "--process_id", str(i)], env=_env(4), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  for out, _ in outs:
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["row"] == list(range(16)) and got["twice"] == [2 * i for i in range(16)]
+    assert got["total"] == got["sums"] == sum(range(16))

@@ -150,6 +150,15 @@ def main(argv=None) -> None:
   cfg = rj.get_config(a.preset, dtype=a.dtype, remat=a.remat, scan_layers=a.scan, attention=a.attention)
   preds = a.predictions or math.ceil(0.2 * a.seq)
   mesh_axes = tuple(int(x) for x in a.mesh.split(","))
+  from roformer_jax.config import ConfigError
+  from roformer_jax.train import sharding
+  try:  # a bad --mesh or a batch the batch axes do not divide: one line, not XLA's traceback
+    data, fsdp, _ = sharding.mesh_shape(*mesh_axes, len(devices))
+  except ConfigError as e:
+    sys.exit(f"aot: --mesh {a.mesh}: {e}")
+  if a.batch % (data * fsdp):
+    sys.exit(f"aot: --batch {a.batch} must divide by the mesh's data x fsdp = {data} x {fsdp} ({len(devices)} chips, "
+             f"--mesh {a.mesh})")
   try:
     compiled, mesh = compile_step(cfg, devices, mesh_axes, a.batch, a.seq, preds)
   except Exception as e:  # noqa: BLE001 -- the TPU compiler's own out-of-memory verdict

@@ -83,7 +83,7 @@ def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype
   """(RoFormerForMaskedLM, params) from a pretraining workdir or step folder.
 
   With `mesh`, params are restored straight into the model's shardings on it (nothing is gathered
-  on one device); otherwise onto the default device.
+  on one device); otherwise onto this process's first device.
   """
   import orbax.checkpoint as ocp
   from roformer_jax.train import sharding as sharding_lib
@@ -105,7 +105,9 @@ def from_orbax(folder: Path, *, step: int | None = None, mesh: Any = None, dtype
     shardings = sharding_lib.fit_to_shapes(
         sharding_lib.logical_to_sharding(nn.get_partition_spec(boxed), mesh), params)
   else:
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # This process's own first device: jax.devices()[0] belongs to process 0, and another process cannot
+    # restore onto a device it does not address (every process of a multi-host fine-tune reads `init`).
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree_util.tree_map(lambda _: one, params)
   target = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
   from roformer_jax.convert.load import CheckpointError

@@ -100,11 +100,23 @@ class Runner:
       self._jitted[fn] = jax.jit(fn, out_shardings=sharding.replicated(self.mesh))
     return self._jitted[fn]
 
-  def predict(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> dict:
-    """`fn(params, global batch)` for this process's numpy `local_batch`; numpy outputs."""
+  def _run(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> Any:
     import jax
     from roformer_jax.train import sharding
     return jax.device_get(self._jit(fn)(params, sharding.global_batch(local_batch, self.mesh)))
+
+  def predict(self, fn: Callable[[Any, dict], dict], params: Any, local_batch: dict) -> dict:
+    """`fn(params, global batch)` for this process's numpy `local_batch`; numpy outputs, their batch-major rows
+    in the processes' order (process 0's rows, then process 1's, ...: the examples' order in the pipelines)."""
+    import jax
+    import numpy as np
+    from roformer_jax.train import sharding
+    out = self._run(fn, params, local_batch)
+    rows = jax.process_count() * len(next(iter(local_batch.values())))
+    order = sharding.process_order(self.mesh, rows)
+    if (order == np.arange(rows)).all():
+      return out
+    return jax.tree_util.tree_map(lambda x: x[order] if np.ndim(x) and np.shape(x)[0] == rows else x, out)
 
   def sums(self, params: Any, batches: Iterable[dict], fn: Callable | None = None) -> dict:
     """`fn` (default: the task's eval_fn) summed over `batches`, in float64 on the host."""
@@ -112,7 +124,7 @@ class Runner:
     total: dict[str, Any] = {}
     for batch in batches:
       fn = fn or self._eval_fn()
-      for k, v in self.predict(fn, params, batch).items():
+      for k, v in self._run(fn, params, batch).items():
         total[k] = total.get(k, 0.0) + np.asarray(v, np.float64)
     return total
 
@@ -170,7 +182,23 @@ def _check_batch(cfg, mesh) -> int:
   if (cfg.batch_size // cfg.accum_steps) % n_batch_shards:
     raise ConfigError(f"config.batch_size / accum_steps ({cfg.batch_size // cfg.accum_steps}) must divide by "
                       f"mesh.data x mesh.fsdp ({n_batch_shards})")
-  return cfg.batch_size // jax.process_count()
+  local = cfg.batch_size // jax.process_count()
+  # Each process feeds its own `local` rows of every global batch (roformer_jax.data.pipeline), so its devices must
+  # hold `local` rows that no other process's devices hold. Batch axes fewer than the processes (e.g. mesh.tensor
+  # across hosts) would make each process's rows a whole batch of its own: different params on each host, silently.
+  from roformer_jax.train import sharding
+  owners: dict[tuple[int, int], set[int]] = {}
+  for device, (rows,) in sharding.batch_sharding(mesh, 1).devices_indices_map((cfg.batch_size,)).items():
+    block = (rows.start or 0, cfg.batch_size if rows.stop is None else rows.stop)
+    owners.setdefault(block, set()).add(device.process_index)
+  held = {p: sum(b - a for (a, b), o in owners.items() if p in o) for p in range(jax.process_count())}
+  if any(len(o) > 1 for o in owners.values()) or any(n != local for n in held.values()):
+    (a, b), o = next(((k, o) for k, o in owners.items() if len(o) > 1), next(iter(owners.items())))
+    raise ConfigError(f"config.mesh: {dict(mesh.shape)} puts rows {a}..{b - 1} of the batch on the devices of "
+                      f"process(es) {sorted(o)}, but each of the {jax.process_count()} processes feeds {local} rows of "
+                      f"its own: mesh.data x mesh.fsdp ({n_batch_shards}) must split the batch over the processes "
+                      "(keep mesh.tensor within one process's devices)")
+  return local
 
 
 def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:

@@ -108,6 +108,16 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
 
 
+def process_order(mesh: Mesh, rows: int) -> np.ndarray:
+  """[rows]: the global batch row that row i of the processes' data (process 0's rows, then process 1's, ...)
+  lands in under `global_batch`. A process's rows fill the batch blocks its devices hold, in order, and those need
+  not be one block in process order (a TPU pod host's chips are not consecutive along the batch axes)."""
+  blocks: dict[int, set[tuple[int, int]]] = {}
+  for device, (index,) in batch_sharding(mesh, 1).devices_indices_map((rows,)).items():
+    blocks.setdefault(device.process_index, set()).add((index.start or 0, rows if index.stop is None else index.stop))
+  return np.concatenate([np.arange(a, b) for p in sorted(blocks) for a, b in sorted(blocks[p])])
+
+
 def bytes_per_device(tree: Any) -> dict[Any, int]:
   """Bytes each device holds of a tree of jax.Arrays (for checking that a layout really shards)."""
   out: dict[Any, int] = {}
