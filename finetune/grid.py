@@ -2,13 +2,17 @@
 
 A grid is a list of (name, run function, config overrides); `run_grid` calls `fn(config, <out>/<name>)` for every
 run not yet in <out>/results.jsonl, in this process, and appends its summary there, so a rerun skips finished runs
-and an unfinished one resumes from its own checkpoints.
+and an unfinished one resumes from its own checkpoints. A run is keyed by its name and its overrides: a rerun with
+other flags (another --steps, --init, ...) into the same --out is refused, so that neither a finished run nor an
+unfinished run's checkpoints of the old flags are taken for the new ones.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,9 +37,26 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
   log = out / "results.jsonl"
   results = {r["run"]: r for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
   for name, fn, overrides in runs:
+    keyed = json.loads(json.dumps(overrides))  # as results.jsonl and grid_run.json hold them
+    # Rows written before the overrides were recorded (no "overrides" key) cannot be checked.
+    _same_run(name, results[name].get("overrides", keyed) if name in results else None, keyed, log)
     if name in results or not run_missing:
       continue
-    summary = {"run": name, **overrides, **fn(make_config(**overrides), out / name)}
+    marker = out / name / "grid_run.json"  # the flags of an unfinished run, whose checkpoints a rerun resumes
+    _same_run(name, json.loads(marker.read_text()) if marker.is_file() else None, keyed, marker)
+    new = not marker.is_file()
+    if new:
+      marker.parent.mkdir(parents=True, exist_ok=True)
+      tmp = marker.with_name(f".{marker.name}.tmp")
+      tmp.write_text(json.dumps(keyed))
+      os.replace(tmp, marker)
+    try:
+      summary = {"run": name, **overrides, **fn(make_config(**overrides), out / name), "overrides": keyed}
+    except BaseException:
+      # A run that failed before any checkpoint (e.g. a wrong --init) does not bind its folder to those flags.
+      if new and not any((out / name).rglob("checkpoints")):
+        marker.unlink(missing_ok=True)
+      raise
     if summary.get("preempted"):  # saved, not finished: never a result; the same command resumes it
       from roformer_jax.train.cli import PREEMPTED
       print(f"{name}: preempted at step {summary.get('step')}; rerun the same command to resume", flush=True)
@@ -45,6 +66,17 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
     results[name] = summary
     print(json.dumps({"run": name, **{k: summary.get(k) for k in report}}), flush=True)
   return results
+
+
+def _same_run(name: str, recorded: dict | None, overrides: dict, where: Path) -> None:
+  """Refuses (one line, exit code 2) a run whose recorded overrides differ from this command's."""
+  if recorded is None or recorded == overrides:
+    return
+  diff = ", ".join(f"{k}={recorded.get(k)!r} there, {overrides.get(k)!r} now"
+                   for k in sorted(set(recorded) | set(overrides)) if recorded.get(k) != overrides.get(k))
+  print(f"error: run {name} in {where} was made with other settings ({diff}): rerun with the same flags, "
+        "or give another --out", file=sys.stderr, flush=True)
+  raise SystemExit(2)
 
 
 def mean_sd(values: Sequence[float]) -> str:

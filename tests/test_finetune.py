@@ -409,3 +409,45 @@ def test_results_grid_records_finished_runs_only(tmp_path):
   with pytest.raises(SystemExit):
     run_grid(runs, tmp_path, lambda **o: dict(o))
   assert calls == ["a", "b", "b"]  # 'a' is not rerun
+
+
+def test_results_grid_refuses_runs_of_other_flags(tmp_path, capsys):
+  """A grid rerun into the same --out with other flags (another --steps) is refused in one line, exit code 2:
+  a finished run of the old flags is not reported as one of the new, nor are an unfinished run's checkpoints
+  resumed under them. The same flags still skip finished runs and resume unfinished ones."""
+  from finetune.grid import run_grid
+  calls = []
+
+  def fn(cfg, workdir):
+    calls.append((workdir.name, cfg["steps"]))
+    if cfg.get("stop"):
+      return {"step": 1, "preempted": True}
+    return {"step": cfg["steps"], "test_accuracy": 0.5}
+
+  done = [("a_s0", fn, {"steps": 150, "init": "ckpt"})]
+  run_grid(done, tmp_path, lambda **o: dict(o))
+  for report in (True, False):
+    with pytest.raises(SystemExit) as stop:
+      run_grid([("a_s0", fn, {"steps": 300, "init": "ckpt"})], tmp_path, lambda **o: dict(o), run_missing=report)
+    assert stop.value.code == 2
+  err = capsys.readouterr().err
+  assert "run a_s0" in err and "steps=150 there, 300 now" in err and "results.jsonl" in err, err
+  assert run_grid(done, tmp_path, lambda **o: dict(o))["a_s0"]["steps"] == 150 and calls == [("a_s0", 150)]
+  # An unfinished run (preempted after its checkpoint): its folder keeps the flags it was started with.
+  with pytest.raises(SystemExit):
+    run_grid([("b_s0", fn, {"steps": 150, "stop": True})], tmp_path, lambda **o: dict(o))
+  with pytest.raises(SystemExit) as stop:
+    run_grid([("b_s0", fn, {"steps": 300})], tmp_path, lambda **o: dict(o))
+  assert stop.value.code == 2 and calls[-1] == ("b_s0", 150), calls
+  assert "grid_run.json" in capsys.readouterr().err
+
+  # A run that fails before its first checkpoint (a wrong --init) can be rerun with corrected flags.
+  def bad_init(cfg, workdir):
+    if cfg["init"] == "wrong":
+      raise FileNotFoundError("wrong: no such checkpoint")
+    return {"step": 1, "test_accuracy": 0.5}
+
+  with pytest.raises(FileNotFoundError):
+    run_grid([("c_s0", bad_init, {"init": "wrong"})], tmp_path, lambda **o: dict(o))
+  assert run_grid([("c_s0", bad_init, {"init": "ckpt"})], tmp_path, lambda **o: dict(o))["c_s0"]["init"] == "ckpt"
+
