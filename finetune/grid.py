@@ -10,6 +10,7 @@ unfinished run's checkpoints of the old flags are taken for the new ones.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -80,8 +81,14 @@ def _same_run(name: str, recorded: dict | None, overrides: dict, where: Path) ->
 
 
 def mean_sd(values: Sequence[float]) -> str:
-  """'0.547 ± 0.012 (n=3)'; '–' for none."""
+  """'0.547 ± 0.012 (n=3)' (the sample sd, n - 1); '0.763 (n=1)': one value has no sd; '–' for none."""
   if not values:
     return "–"
-  sd = statistics.stdev(values) if len(values) > 1 else 0.0
-  return f"{statistics.mean(values):.3f} ± {sd:.3f} (n={len(values)})"
+  if len(values) == 1:
+    return f"{values[0]:.3f} (n=1)"
+  return f"{statistics.mean(values):.3f} ± {sample_sd(values):.3f} (n={len(values)})"
+
+
+def sample_sd(values: Sequence[float]) -> float:
+  """The sample sd (n - 1) of the tables and error bars; NaN for fewer than two values (none, not 0)."""
+  return statistics.stdev(values) if len(values) > 1 else math.nan

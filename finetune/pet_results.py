@@ -19,7 +19,7 @@ from typing import Any
 
 from absl import app, flags
 
-from finetune.grid import mean_sd
+from finetune.grid import mean_sd, sample_sd
 
 flags.DEFINE_string("init", "workdir/tiny_cpu", "Checkpoint to start from (anything from_pretrained reads).")
 flags.DEFINE_string("out", "workdir/pet_results", "Where the runs and results.jsonl go.")
@@ -82,7 +82,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
   for key, label in (("test_accuracy", f"PET ({FLAGS.pattern})"), ("baseline_test_accuracy", "[CLS] fine-tuning")):
     acc = [[results[f"few_shot_k{k}_s{s}"][key] for s in FLAGS.seeds if f"few_shot_k{k}_s{s}" in results] for k in ks]
     mean = [np.mean(a) if a else np.nan for a in acc]
-    sd = [np.std(a, ddof=1) if len(a) > 1 else 0.0 for a in acc]
+    sd = [sample_sd(a) for a in acc]  # one seed: no sd, so no bar (not a 0 one)
     ax.errorbar(ks, mean, yerr=sd, marker="o", capsize=4, label=label)
   if f"zero_shot_{FLAGS.pattern}" in results:
     ax.axhline(results[f"zero_shot_{FLAGS.pattern}"]["test_accuracy"], ls="--", c="gray",

@@ -451,3 +451,13 @@ def test_results_grid_refuses_runs_of_other_flags(tmp_path, capsys):
     run_grid([("c_s0", bad_init, {"init": "wrong"})], tmp_path, lambda **o: dict(o))
   assert run_grid([("c_s0", bad_init, {"init": "ckpt"})], tmp_path, lambda **o: dict(o))["c_s0"]["init"] == "ckpt"
 
+
+def test_results_mean_sd_is_the_sample_sd_and_one_seed_has_none():
+  """The results tables' mean ± sd: the sample sd (n - 1) with n; one seed prints its value and n=1, not a
+  '± 0.000' that claims a spread of zero (RESULTS.md's n1_x2 row), and the plots' error bar of one seed is none."""
+  import math
+  from finetune.grid import mean_sd, sample_sd
+  assert mean_sd([0.5, 0.6, 0.7]) == "0.600 ± 0.100 (n=3)"  # the population sd would be 0.082
+  assert mean_sd([0.7634]) == "0.763 (n=1)"
+  assert mean_sd([]) == "–"
+  assert math.isnan(sample_sd([0.7])) and sample_sd([0.5, 0.7]) == pytest.approx(0.1414213562)
