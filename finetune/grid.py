@@ -57,6 +57,7 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
       # A run that failed before any checkpoint (e.g. a wrong --init) does not bind its folder to those flags.
       if new and not any((out / name).rglob("checkpoints")):
         marker.unlink(missing_ok=True)
+      _fail_in_one_line(name)
       raise
     if summary.get("preempted"):  # saved, not finished: never a result; the same command resumes it
       from roformer_jax.train.cli import PREEMPTED
@@ -67,6 +68,23 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
     results[name] = summary
     print(json.dumps({"run": name, **{k: summary.get(k) for k in report}}), flush=True)
   return results
+
+
+def _fail_in_one_line(name: str) -> None:
+  """Within `except`: a bad input (the checkpoint, a data file, a config key), a step too large for the memory
+  or a non-finite loss ends the grid in one line naming the run, with the training CLIs' exit codes (2, 2, 3);
+  anything else keeps its traceback."""
+  from roformer_jax.train.cli import is_user_error, out_of_memory
+  from roformer_jax.train.loop import NonFiniteLoss
+  e = sys.exc_info()[1]
+  msg, code = out_of_memory(e), 2
+  if isinstance(e, NonFiniteLoss):
+    msg, code = str(e), 3
+  elif msg is None and is_user_error(e):
+    msg = str(e)
+  if msg is not None:
+    print(f"error: run {name}: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
 
 
 def _same_run(name: str, recorded: dict | None, overrides: dict, where: Path) -> None:

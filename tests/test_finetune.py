@@ -447,7 +447,7 @@ def test_results_grid_refuses_runs_of_other_flags(tmp_path, capsys):
       raise FileNotFoundError("wrong: no such checkpoint")
     return {"step": 1, "test_accuracy": 0.5}
 
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(SystemExit):
     run_grid([("c_s0", bad_init, {"init": "wrong"})], tmp_path, lambda **o: dict(o))
   assert run_grid([("c_s0", bad_init, {"init": "ckpt"})], tmp_path, lambda **o: dict(o))["c_s0"]["init"] == "ckpt"
 
@@ -461,3 +461,14 @@ def test_results_mean_sd_is_the_sample_sd_and_one_seed_has_none():
   assert mean_sd([0.7634]) == "0.763 (n=1)"
   assert mean_sd([]) == "–"
   assert math.isnan(sample_sd([0.7])) and sample_sd([0.5, 0.7]) == pytest.approx(0.1414213562)
+
+
+def test_results_grid_bad_input_is_one_line(tmp_path):
+  """`python -m finetune.ner_results` (and the other results grids) with an --init that is no checkpoint: one
+  line naming the run and the path, exit code 2, as the training CLIs (it was ConfigError's traceback)."""
+  out = subprocess.run([sys.executable, "-m", "finetune.ner_results", "--init", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "grid"), "--seeds", "0", "--setups", "gp"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip().splitlines()[-1].startswith(f"error: run gp_s0: config.init={tmp_path / 'missing'}")
+  assert "Traceback" not in out.stderr, out.stderr
