@@ -79,10 +79,12 @@ def plot(results: dict[str, dict], path: Path) -> None:
   import numpy as np
   ks = [int(k) for k in FLAGS.ks]
   fig, ax = plt.subplots(figsize=(6, 4))
+  counts = set()  # seeds per point: the title states those found, not those asked for (--report mid-grid)
   for key, label in (("test_accuracy", f"PET ({FLAGS.pattern})"), ("baseline_test_accuracy", "[CLS] fine-tuning")):
     acc = [[results[f"few_shot_k{k}_s{s}"][key] for s in FLAGS.seeds if f"few_shot_k{k}_s{s}" in results] for k in ks]
     mean = [np.mean(a) if a else np.nan for a in acc]
     sd = [sample_sd(a) for a in acc]  # one seed: no sd, so no bar (not a 0 one)
+    counts.update(len(a) for a in acc)
     ax.errorbar(ks, mean, yerr=sd, marker="o", capsize=4, label=label)
   if f"zero_shot_{FLAGS.pattern}" in results:
     ax.axhline(results[f"zero_shot_{FLAGS.pattern}"]["test_accuracy"], ls="--", c="gray",
@@ -97,7 +99,8 @@ def plot(results: dict[str, dict], path: Path) -> None:
   ax.set_xticks(ks, [str(k) for k in ks])
   ax.set_xlabel("labelled examples K")
   ax.set_ylabel("test accuracy (1,736 reviews)")
-  ax.set_title(f"PET vs [CLS] from {Path(FLAGS.init).name}, mean ± sd over {len(FLAGS.seeds)} seeds")
+  n = f"{min(counts)}" if len(counts) == 1 else f"{min(counts)}–{max(counts)}"
+  ax.set_title(f"PET vs [CLS] from {Path(FLAGS.init).name}, mean ± sd over {n} seed{'s' if max(counts) > 1 else ''}")
   ax.legend()
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -472,3 +472,38 @@ def test_results_grid_bad_input_is_one_line(tmp_path):
   assert out.returncode == 2, out.stderr
   assert out.stderr.strip().splitlines()[-1].startswith(f"error: run gp_s0: config.init={tmp_path / 'missing'}")
   assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_pet_results_plot_shows_its_caption(tmp_path):
+  """docs/img/pet_vs_cls*.png: x = the K values, points = the mean over the seeds, error bars = the sample sd
+  (none for one seed), and the title states how many seeds the points hold (those found, e.g. under --report
+  mid-grid, not those asked for)."""
+  script = textwrap.dedent("""
+      import json
+      from pathlib import Path
+      from absl import flags
+      import matplotlib.pyplot as plt
+      from finetune import pet_results
+      flags.FLAGS(["pet_results", "--seeds", "0,1,2", "--ks", "32,100", "--patterns", "P1", "--init", "w/tiny"])
+      res = {f"few_shot_k32_s{s}": {"test_accuracy": a, "baseline_test_accuracy": b}
+             for s, a, b in ((0, 0.5, 0.6), (1, 0.6, 0.8), (2, 0.7, 0.7))}
+      res["few_shot_k100_s0"] = {"test_accuracy": 0.55, "baseline_test_accuracy": 0.65}
+      pet_results.plot(res, Path("p.png"))
+      ax = plt.gcf().axes[0]
+      curves = {c.get_label(): {"y": c.lines[0].get_ydata().tolist(),
+                                "bars": [(s[1][1] - s[0][1]) / 2 if len(s) else None
+                                         for s in c.lines[2][0].get_segments()]}
+                for c in ax.containers}
+      print(json.dumps({"title": ax.get_title(), "x": [t.get_text() for t in ax.get_xticklabels()],
+                        "curves": curves}))
+      """)
+  out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert (tmp_path / "p.png").is_file() and got["x"] == ["32", "100"]
+  assert got["title"] == "PET vs [CLS] from tiny, mean ± sd over 1–3 seeds", got["title"]
+  pet, cls = got["curves"]["PET (P1)"], got["curves"]["[CLS] fine-tuning"]
+  assert pet["y"] == pytest.approx([0.6, 0.55]) and cls["y"] == pytest.approx([0.7, 0.65])
+  assert pet["bars"][0] == pytest.approx(0.1) and cls["bars"][0] == pytest.approx(0.1)  # sample sd (n - 1)
+  assert pet["bars"][1:] in ([], [None]) and cls["bars"][1:] in ([], [None]), got  # one seed at K = 100: no bar
