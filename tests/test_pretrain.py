@@ -245,6 +245,27 @@ def test_loop_resume_keeps_an_older_best_and_refuses_fewer_steps_than_saved(tiny
     loop.train(task(), config(steps=3, best_metric="eval_score"), tmp_path)
 
 
+def test_loop_refuses_to_resume_under_another_config_by_key(tiny, tmp_path, capsys):
+  """A workdir resumed under a config that differs from the one it started with (a seed, a learning rate)
+  is refused naming the keys; lengths, intervals and the mesh may change; allow_config_change resumes."""
+  from roformer_jax.config import ConfigError
+  from roformer_jax.train import loop
+  task, config = tiny
+  loop.train(task(), config(), tmp_path)
+  assert json.loads((tmp_path / "run_config.json").read_text())["optimizer.learning_rate"] == 0.1
+  other = config(seed=3, steps=6)
+  other.optimizer.learning_rate = 0.01
+  with pytest.raises(ConfigError, match=r"config.optimizer.learning_rate = 0.1 there, 0.01 now; "
+                                        r"config.seed = 0 there, 3 now\. .*allow_config_change=True"):
+    loop.train(task(), other, tmp_path)
+  assert loop.train(task(), config(steps=6, log_every=2, checkpoint_every=3), tmp_path)["step"] == 6
+  other.steps, other.allow_config_change = 8, True
+  capsys.readouterr()
+  assert loop.train(task(), other, tmp_path)["step"] == 8
+  assert "resuming under a changed config (config.allow_config_change): config.optimizer.learning_rate" \
+      in capsys.readouterr().out
+
+
 def test_loop_skipped_steps_count_on_across_a_resume(tiny, tmp_path, monkeypatch):
   """skip_nonfinite: the count of skipped steps is saved with the checkpoint, so a resumed run goes on from it."""
   from roformer_jax.train import loop

@@ -9,6 +9,7 @@ tokens/s, MFU and ETA; metrics.jsonl; TensorBoard). The task owns its model, dat
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -46,6 +47,8 @@ def default_config():
   c.profile_steps = 5               # <workdir>/profile (TensorBoard's profile tab); -1 = off
   c.retain_host_memory = True       # glibc malloc keeps freed memory (roformer_jax.train.hostmem); the CLI
                                     # re-executes itself once to set it. Matters for CPU runs.
+  c.allow_config_change = False     # resume a workdir whose run_config.json (the config it started with)
+                                    # differs in keys other than RESUMABLE_KEYS; the differences are logged
   # Device mesh (-1 fills the remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Optimiser (roformer_jax.train.optim.from_config); the default is the RoFormerV2 pretraining recipe:
@@ -148,6 +151,56 @@ def total_steps(task: Task, cfg) -> int:
                       + ("" if per_epoch is None else " or a positive config.epochs")
                       + ("" if per_epoch is not None else f" (task {task.name!r} has no finite epoch)"))
   return cfg.epochs * per_epoch
+
+
+# Keys a resumed run may change: lengths, intervals, retention, the device layout (resume is exact across
+# layouts), where the prepared data lives, and the checkpoint a fine-tune started from (read at step 0 only).
+RESUMABLE_KEYS = ("steps", "epochs", "log_every", "eval_every", "checkpoint_every", "keep", "keep_every",
+                  "async_checkpoint", "export_every", "skip_nonfinite", "profile_start", "profile_steps",
+                  "retain_host_memory", "allow_config_change", "mesh.", "init", "data.data_dir",
+                  "data.num_workers", "eval_batches", "scan_layers", "remat")
+RUN_CONFIG = "run_config.json"
+
+
+def _flat_config(cfg) -> dict[str, Any]:
+  """{"optimizer.learning_rate": 2e-05, ...}: the config's leaves, normalised through JSON (tuples -> lists)."""
+  def flat(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        yield from flat(value, f"{prefix}{key}.")
+      else:
+        yield f"{prefix}{key}", value
+  return dict(flat(json.loads(cfg.to_json_best_effort(sort_keys=True)), ""))
+
+
+def check_resume_config(cfg, workdir: Any, log: Callable[[str], None]) -> None:
+  """Refuses to resume `workdir` under a config that differs from the one it started with (in a key outside
+  RESUMABLE_KEYS): a changed k, seed, learning rate or data path would otherwise mix two runs silently."""
+  path = workdir / RUN_CONFIG
+  if not path.exists():  # a workdir from before run_config.json: nothing to compare with
+    return
+  try:
+    then = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: unreadable ({e}); it records the config this workdir started with") from None
+  now = _flat_config(cfg)
+  changed = sorted(k for k in then.keys() | now.keys() if then.get(k, "<unset>") != now.get(k, "<unset>")
+                   and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS))
+  if not changed:
+    return
+  diff = "; ".join(f"config.{k} = {then.get(k, '<unset>')!r} there, {now.get(k, '<unset>')!r} now" for k in changed)
+  if cfg.get("allow_config_change"):
+    log(f"resuming under a changed config (config.allow_config_change): {diff}")
+    return
+  raise ConfigError(f"{workdir} started under another config ({path}): {diff}. Rerun with its values, use a new "
+                    "--workdir, or resume anyway with --config.allow_config_change=True")
+
+
+def write_run_config(cfg, workdir: Any) -> None:
+  """The config a new run starts with, as `check_resume_config` reads it back (written atomically)."""
+  tmp = workdir / f".{RUN_CONFIG}.tmp"
+  tmp.write_text(json.dumps(_flat_config(cfg), indent=1, sort_keys=True), encoding="utf-8")
+  tmp.replace(workdir / RUN_CONFIG)
 
 
 def check_config(cfg) -> None:
@@ -253,6 +306,10 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
   best = BestCheckpoint(workdir / "best", cfg.best_metric, async_save=cfg.async_checkpoint) if cfg.best_metric else None
   try:
     restored = ckpt.restore(abstract, train_iter, reposition=task.reposition)
+    if restored is not None:
+      check_resume_config(cfg, workdir, writer.log)
+    elif is_main:
+      write_run_config(cfg, workdir)
     if restored is None:
       state = step_lib.init_state(task.init_params, tx, cfg.seed, shardings)
       params = task.initial_params(state.params)
