@@ -5,7 +5,9 @@ TF_USE_LEGACY_KERAS before TensorFlow is imported; see bert4keras_logits.py) and
 
 * {"adafactor": {"kwargs": {...}, "params": PATH.npz, "grads": PATH.npz}}: bert4keras `AdaFactor(**kwargs)`
   applied to tf.Variables initialised from params.npz with grads.npz[name][t] at step t; returns
-  {name: [steps + 1, ...]} (the initial values, then the values after each step).
+  {name: [steps + 1, ...]} (the initial values, then the values after each step). kwargs with
+  `grad_accum_steps` n: `extend_with_gradient_accumulation(AdaFactor)`, grads.npz holding n micro-batches per
+  update (update k happens at its call n * k, the call at 0 on a zero gradient); the values after each update.
 * {"encode": {"vocab": PATH, "maxlen": int, "pairs": [[a, b or null], ...]}}: token ids of
   `Tokenizer(vocab, do_lower_case=True).encode(a, b, maxlen=maxlen)` for each pair.
 """
@@ -40,16 +42,22 @@ def adafactor(job):
   # written; tf-keras >= 2.11 renamed that class `optimizers.legacy.Optimizer`. Its AdaFactor code runs
   # unchanged on the class it was written for.
   keras.optimizers.Optimizer = keras.optimizers.legacy.Optimizer
-  from bert4keras.optimizers import AdaFactor
+  from bert4keras.optimizers import AdaFactor, extend_with_gradient_accumulation
   params, grads = np.load(job["params"]), np.load(job["grads"])
   names = sorted(params.files)
   variables = [tf.Variable(params[n], name=n) for n in names]
-  opt = AdaFactor(**job["kwargs"])
+  kwargs = dict(job["kwargs"])
+  accum = kwargs.get("grad_accum_steps", 1)
+  opt = (extend_with_gradient_accumulation(AdaFactor, name="AdaFactorG") if accum > 1 else AdaFactor)(**kwargs)
+  micro = grads[names[0]].shape[0]
+  if accum > 1:  # one more call (any gradient) makes the last update
+    grads = {n: np.concatenate([grads[n], np.zeros_like(grads[n][:1])]) for n in names}
   history = {n: [params[n]] for n in names}
-  for t in range(grads[names[0]].shape[0]):
+  for t in range(micro + (accum > 1)):
     opt.apply_gradients([(tf.constant(grads[n][t]), v) for n, v in zip(names, variables)])
-    for n, v in zip(names, variables):
-      history[n].append(v.numpy())
+    if accum == 1 or (t and t % accum == 0):
+      for n, v in zip(names, variables):
+        history[n].append(v.numpy())
   return {n: np.stack(h).tolist() for n, h in history.items()}
 
 

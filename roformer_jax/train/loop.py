@@ -244,7 +244,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
     from roformer_jax import export as export_lib
     export_lib.check_exportable(mcfg)  # fail now, not after hours of training
 
-  tx, schedule = optim.from_config(cfg.optimizer, steps)
+  tx, schedule = optim.from_config(cfg.optimizer, steps, cfg.accum_steps)
   abstract, shardings = step_lib.abstract_state(task.init_params, tx, mesh)
 
   train_iter = task.train_iterator(local_batch)

@@ -56,14 +56,17 @@ def decay_mask(params: Any, exclude: Sequence[str]) -> Any:
 
 def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
                    weight_decay: float = 0.01, decay_exclude: Sequence[str] = (),
-                   clip_norm: float = 0.0, min_dim_size_to_factor: int = 10**6) -> optax.GradientTransformation:
+                   clip_norm: float = 0.0, min_dim_size_to_factor: int = 10**6,
+                   accum_steps: int = 1) -> optax.GradientTransformation:
   """LAMB, AdamW or AdaFactor (bert4keras's, the CLUE baselines'; `roformer_jax.train.adafactor`) with optional
   global-norm clipping; decay (LAMB, AdamW) is masked by `decay_exclude` regexes. AdaFactor takes b1 as its
-  momentum (0 for none) and no weight decay."""
+  momentum (0 for none), no weight decay, and the train step's accum_steps (its decay clock counts micro-batches,
+  as bert4keras's gradient accumulation does)."""
   mask = (lambda p: decay_mask(p, decay_exclude)) if decay_exclude else None
   if name == "adafactor":
     from roformer_jax.train import adafactor
-    tx = adafactor.adafactor(schedule, beta1=b1, min_dim_size_to_factor=min_dim_size_to_factor)
+    tx = adafactor.adafactor(schedule, beta1=b1, min_dim_size_to_factor=min_dim_size_to_factor,
+                            accum_steps=accum_steps)
   elif name == "lamb":
     tx = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
   elif name == "adamw":
@@ -75,11 +78,12 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, b1: float = 0.9, b2: 
   return tx
 
 
-def from_config(cfg: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimiser, schedule) from an `optimizer` ConfigDict section."""
+def from_config(cfg: Any, total_steps: int,
+                accum_steps: int = 1) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimiser, schedule) from an `optimizer` ConfigDict section (and the run's config.accum_steps)."""
   schedule = make_schedule(cfg.learning_rate, cfg.warmup_steps, total_steps, cfg.decay, cfg.get("end_factor", 0.0),
                            cfg.get("points", None))
   tx = make_optimizer(cfg.name, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                       decay_exclude=tuple(cfg.get("decay_exclude", ())), clip_norm=cfg.get("clip_norm", 0.0),
-                      min_dim_size_to_factor=cfg.get("min_dim_size_to_factor", 10**6))
+                      min_dim_size_to_factor=cfg.get("min_dim_size_to_factor", 10**6), accum_steps=accum_steps)
   return tx, schedule
