@@ -11,8 +11,8 @@ TF_USE_LEGACY_KERAS before TensorFlow is imported; see bert4keras_logits.py) and
 * {"lamb": {...}}: the same with the RoFormerV2 pretraining recipe's optimiser (train_mlm.py), kwargs to
   `extend_with_piecewise_linear_lr(extend_with_layer_adaptation(extend_with_weight_decay(Adam)))`;
   {"adamw": {...}}: `extend_with_piecewise_linear_lr(extend_with_weight_decay(Adam))` (RoFormer v1's).
-* {"piecewise": {"schedule": {step: factor}, "steps": n}}: `bert4keras.backend.piecewise_linear(t, schedule)`
-  for t = 0 .. n - 1.
+* {"piecewise": {"schedule": {step: factor}, "steps": [t, ...]}}: `bert4keras.backend.piecewise_linear(t,
+  schedule)` at those steps.
 * {"encode": {"vocab": PATH, "maxlen": int, "pairs": [[a, b or null], ...]}}: token ids of
   `Tokenizer(vocab, do_lower_case=True).encode(a, b, maxlen=maxlen)` for each pair.
 """
@@ -77,7 +77,7 @@ def optimizer(job, kind):
 def piecewise(job):
   from bert4keras.backend import K, piecewise_linear
   schedule = {int(k): v for k, v in job["schedule"].items()}
-  return [float(K.eval(piecewise_linear(K.constant(t, "int64"), schedule))) for t in range(job["steps"])]
+  return K.eval(piecewise_linear(K.constant(job["steps"], "int64"), schedule)).tolist()
 
 
 def encode(job):

@@ -92,3 +92,15 @@ def test_recipe_config_builds_uncorrected_lamb():
     u_c, s_c = corrected.update(g, s_c, params)
   np.testing.assert_array_equal(np.asarray(u["bias"]), np.asarray(u_ref["bias"]))
   assert not np.allclose(np.asarray(u["bias"]), np.asarray(u_c["bias"]))
+
+
+@pytest.mark.parametrize("points", [{"10": 1.0, "30": 0.5, "50": 0.1}, {"0": 1.0}, {"0": 0.5, "10": 1.0},
+                                    {"5": 1.0, "5000": 0.2}, {"4000": 1.0, "40000": 0.5, "160000": 0.1}])
+def test_piecewise_schedule_matches_bert4keras(points, tmp_path):
+  """make_schedule('piecewise') is bert4keras' piecewise_linear(iterations, lr_schedule) at and between the
+  knots, with or without a knot at step 0 (the multiplier extend_with_piecewise_linear_lr applies at each step)."""
+  last = max(int(s) for s in points)
+  steps = sorted({*range(min(last + 10, 60)), max(last - 1, 0), last, last + 1, *(int(s) for s in points)})
+  ref = bert4keras_ref.run([{"piecewise": {"schedule": points, "steps": steps}}], tmp_path)[0]
+  ours = optim.make_schedule(1.0, 0, 100, "piecewise", points=points)
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(steps))), ref, rtol=1e-6, atol=1e-7)

@@ -19,12 +19,16 @@ from roformer_jax.config import ConfigError
 def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, decay: str = "linear",
                   end_factor: float = 0.0, points: Mapping[int, float] | None = None) -> optax.Schedule:
   """Linear warm-up from 0, then `decay` of the peak: constant, linear or cosine to end_factor * lr,
-  or piecewise-linear through `points` {step: factor} (bert4keras' `lr_schedule`, which starts at 0)."""
+  or piecewise-linear through `points` {step: factor} (bert4keras' `lr_schedule`, which starts at 0 unless
+  it names step 0)."""
   if decay == "piecewise":
     if not points:
       raise ConfigError("config.optimizer.decay='piecewise' needs config.optimizer.points {step: factor}")
-    steps = jnp.array([0] + sorted(int(s) for s in points), jnp.float32)
-    factors = jnp.array([0.0] + [float(points[s]) for s in sorted(points, key=int)], jnp.float32)
+    knots = sorted((int(s), float(f)) for s, f in points.items())
+    if knots[0][0] != 0:  # bert4keras' piecewise_linear(from_zero=True) adds (0, 0) only then
+      knots = [(0, 0.0)] + knots
+    steps = jnp.array([s for s, _ in knots], jnp.float32)
+    factors = jnp.array([f for _, f in knots], jnp.float32)
     return lambda step: learning_rate * jnp.interp(jnp.asarray(step, jnp.float32), steps, factors)
   if total_steps <= warmup_steps and decay != "constant":
     raise ConfigError(f"the run's {total_steps} steps (config.steps, or config.epochs) must exceed "
