@@ -26,15 +26,21 @@ CASES = {
     # absolute steps, no clipping
     "no_scale_no_clip": dict(learning_rate=LR, beta1=0.9, multiply_by_parameter_scale=False,
                              clipping_threshold=None),
+    # the CLUE recipe's optimizer2 / optimizer4 (C3, CHID, CMRC2018): extend_with_gradient_accumulation(AdaFactor),
+    # whose decay clock counts micro-batches; ours gets the micro-batches' mean gradient once per update
+    "clue_accum2": dict(learning_rate=LR, beta1=0.9, min_dim_size_to_factor=10**6, grad_accum_steps=2),
+    "factored_accum4": dict(learning_rate=LR, beta1=0.9, min_dim_size_to_factor=4, grad_accum_steps=4),
 }
 
 
-def _tensors(seed):
+def _tensors(seed, accum=1):
+  """params, and grads [STEPS * accum, ...] per name (accum micro-batches per step)."""
   rng = np.random.default_rng(seed)
   params = {"w": rng.normal(0, 0.05, (16, 12)), "k": rng.normal(0, 0.02, (6, 4, 5)),
             "b": np.zeros(12), "g": np.ones(8), "s": np.array(0.3)}  # b: RMS 0 -> the 1e-3 floor
   params = {n: p.astype(np.float32) for n, p in params.items()}
-  grads = {n: np.stack([rng.normal(0, s, p.shape) for s in SCALES]).astype(np.float32) for n, p in params.items()}
+  grads = {n: np.stack([rng.normal(0, s, p.shape) for s in np.repeat(SCALES, accum)]).astype(np.float32)
+           for n, p in params.items()}
   grads["b"][:, :3] = 0.0  # columns that never get a gradient
   grads["g"] *= 1e-15  # g^2 ~ eps1 = 1e-30: where the second eps1 inside the square root shows
   return params, grads
@@ -46,7 +52,7 @@ def reference(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("adafactor")
   jobs, inputs = [], {}
   for i, (case, kwargs) in enumerate(CASES.items()):
-    params, grads = _tensors(i)
+    params, grads = _tensors(i, kwargs.get("grad_accum_steps", 1))
     np.savez(tmp / f"p{i}.npz", **params)
     np.savez(tmp / f"g{i}.npz", **grads)
     jobs.append({"adafactor": {"kwargs": kwargs, "params": str(tmp / f"p{i}.npz"), "grads": str(tmp / f"g{i}.npz")}})
@@ -55,14 +61,15 @@ def reference(tmp_path_factory):
   return {case: (*inputs[case], r) for case, r in zip(CASES, results)}
 
 
-def _trajectory(tx, params, grads):
-  """Params after each of STEPS updates of `tx` (jitted), [STEPS + 1, ...] per name."""
+def _trajectory(tx, params, grads, accum=1):
+  """Params after each of STEPS updates of `tx` (jitted) on the mean of `accum` micro-batches' grads (as the
+  train step gives it), [STEPS + 1, ...] per name."""
   p = jax.tree.map(jnp.asarray, params)
   state = tx.init(p)
   update = jax.jit(tx.update)
   out = {n: [v] for n, v in params.items()}
   for t in range(STEPS):
-    u, state = update({n: jnp.asarray(g[t]) for n, g in grads.items()}, state, p)
+    u, state = update({n: jnp.asarray(g[t * accum:(t + 1) * accum].mean(0)) for n, g in grads.items()}, state, p)
     p = optax.apply_updates(p, u)
     for n in out:
       out[n].append(np.asarray(p[n]))
@@ -75,7 +82,8 @@ def test_matches_bert4keras_adafactor(reference, case):
   largest update plus 2 ulp of the parameters (the rounding of the two parameter values it is taken from)."""
   params, grads, ref = reference[case]
   kwargs = dict(CASES[case])
-  ours = _trajectory(A.adafactor(kwargs.pop("learning_rate"), **kwargs), params, grads)
+  accum = kwargs.pop("grad_accum_steps", 1)
+  ours = _trajectory(A.adafactor(kwargs.pop("learning_rate"), accum_steps=accum, **kwargs), params, grads, accum)
   for n in params:
     ref_steps, our_steps = np.diff(ref[n], axis=0), np.diff(ours[n], axis=0)
     for t in range(STEPS):
@@ -161,3 +169,16 @@ def test_config_name_adafactor_is_the_clue_recipe():
     ua, sa = a.update(g, sa, params)
     ub, sb = b.update(g, sb, params)
     np.testing.assert_array_equal(np.asarray(ua["w"]), np.asarray(ub["w"]))
+  # The run's accum_steps reaches the optimiser (the CLUE config's C3 recipe accumulates 4): optimizer4.
+  from finetune.configs import clue
+  cfg = clue.get_config("c3")
+  assert cfg.accum_steps == 4
+  a, _ = optim.from_config(cfg.optimizer, 10, cfg.accum_steps)
+  b, plain = ada.clue_adafactor(5e-4, accum_steps=4), ada.clue_adafactor(5e-4)
+  sa, sb, sp = a.init(params), b.init(params), plain.init(params)
+  for g in grads:
+    ua, sa = a.update(g, sa, params)
+    ub, sb = b.update(g, sb, params)
+    up, sp = plain.update(g, sp, params)
+    np.testing.assert_array_equal(np.asarray(ua["w"]), np.asarray(ub["w"]))
+  assert not np.allclose(np.asarray(ua["w"]), np.asarray(up["w"]))

@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 def v2_recipe(preset: str) -> ml_collections.ConfigDict:
   """RoFormerV2 with the reference recipe (roformer-spec.md §4): MLM, seq 512, batch 512, LAMB
-  lr 1.76e-3, eps 1e-6, weight decay 0.01 on every tensor, piecewise-linear schedule from 0.
+  lr 1.76e-3, eps 1e-6, no bias correction, weight decay 0.01 on every tensor, piecewise-linear schedule from 0.
 
   The released script counts its schedule in 64-example micro-steps (batch 64 x accumulation 8);
   here one step is one 512-example update, so the breakpoints are divided by 8.
@@ -63,6 +63,7 @@ def v2_recipe(preset: str) -> ml_collections.ConfigDict:
   c.keep_every = 100_000
   c.optimizer.name = "lamb"
   c.optimizer.learning_rate = 1.76e-3
+  c.optimizer.bias_correction = False  # train_mlm.py: LAMBLRG(bias_correction=False, ...)
   c.optimizer.decay = "piecewise"
   c.optimizer.points = {"4000": 1.0, "40000": 0.5, "160000": 0.1, "320000": 0.01}
   c.data.corpus = "embedded"  # point at your corpus: --config.data.corpus=/path/to/wudao_jsonl

@@ -39,8 +39,11 @@ momentum=0.9, multiply_by_parameter_scale=True, eps=1e-30)` differs (optax 0.2.8
 * Momentum buffers: float32 in optax (`dtype_momentum`), the parameter's dtype in bert4keras and here.
 * learning_rate=None: bert4keras then uses min(1/sqrt(t), 0.01) (x0.05 without parameter scaling); optax
   applies no learning rate. Here a learning rate is required.
-* Gradient accumulation (bert4keras `optimizer2`/`optimizer4`, used by C3, CHID and CMRC2018) is the
-  train step's job here, not the optimiser's.
+* Gradient accumulation (bert4keras `optimizer2`/`optimizer4` = `extend_with_gradient_accumulation(AdaFactor)`,
+  used by C3, CHID and CMRC2018) is the train step's job here: it hands the optimiser the batch's mean gradient.
+  bert4keras's wrapper calls AdaFactor on every micro-batch and keeps only every n-th call's result (the first,
+  at iteration 0, on a zero gradient), so its t counts micro-batches: update k has t = n * k + 1. `accum_steps`
+  = n gives that decay, and starts v at the eps1 that first call leaves.
 """
 
 from __future__ import annotations
@@ -82,23 +85,28 @@ def factored_axes(shape: tuple[int, ...], min_dim_size_to_factor: int) -> Option
 
 
 def scale_by_factored_rms(beta2: Optional[float] = None, decay_exponent: float = 0.8, epsilon1: float = 1e-30,
-                          min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
+                          min_dim_size_to_factor: int = 128, accum_steps: int = 1) -> optax.GradientTransformation:
   """u = g / sqrt(v + eps1) with v the (factored) moving average of g^2 + eps1, as bert4keras' AdaFactor.
 
   beta2=None: the decay 1 - t^-decay_exponent of the 1-based step t; a float: that fixed decay.
+  accum_steps > 1: t as bert4keras's gradient-accumulation wrapper counts it, accum_steps * step + 1, and the
+  moments start where its zero-gradient first call leaves them.
   """
+  # The wrapper's call at iteration 0 (t = 1) averages g^2 + eps1 = eps1 into v.
+  v0 = 0.0 if accum_steps <= 1 else epsilon1 * (1.0 if beta2 is None else 1.0 - beta2)
 
   def init_fn(params):
     def full(p):
-      return jnp.zeros_like(p) if factored_axes(p.shape, min_dim_size_to_factor) is None else jnp.zeros((1,), p.dtype)
+      unused = factored_axes(p.shape, min_dim_size_to_factor) is not None
+      return jnp.full((1,) if unused else p.shape, v0, p.dtype)
 
     def reduced(p, which):
       axes = factored_axes(p.shape, min_dim_size_to_factor)
       if axes is None:
-        return jnp.zeros((1,), p.dtype)
+        return jnp.full((1,), v0, p.dtype)
       shape = list(p.shape)
       shape[axes[which]] = 1
-      return jnp.zeros(shape, p.dtype)
+      return jnp.full(shape, v0, p.dtype)
 
     return FactoredRmsState(jnp.zeros([], jnp.int32), jax.tree.map(full, params),
                             jax.tree.map(lambda p: reduced(p, 0), params),
@@ -107,6 +115,8 @@ def scale_by_factored_rms(beta2: Optional[float] = None, decay_exponent: float =
   def update_fn(updates, state, params=None):
     del params
     t = (state.count + 1).astype(jnp.float32)
+    if accum_steps > 1:  # the wrapper's iterations count micro-batches, from a zero-gradient call at 0
+      t = accum_steps * t + 1
     decay = 1.0 - t ** -decay_exponent if beta2 is None else jnp.asarray(beta2, jnp.float32)
 
     def one(g, v, vr, vc):
@@ -132,9 +142,11 @@ def scale_by_factored_rms(beta2: Optional[float] = None, decay_exponent: float =
 def adafactor(learning_rate: optax.ScalarOrSchedule, *, beta1: float = 0.0, beta2: Optional[float] = None,
               decay_exponent: float = 0.8, epsilon1: float = 1e-30, epsilon2: float = 1e-3,
               multiply_by_parameter_scale: bool = True, clipping_threshold: Optional[float] = 1.0,
-              min_dim_size_to_factor: int = 128) -> optax.GradientTransformation:
-  """bert4keras' `AdaFactor` (same arguments and defaults; see the module docstring) as an optax chain."""
-  chain = [scale_by_factored_rms(beta2, decay_exponent, epsilon1, min_dim_size_to_factor)]
+              min_dim_size_to_factor: int = 128, accum_steps: int = 1) -> optax.GradientTransformation:
+  """bert4keras' `AdaFactor` (same arguments and defaults; see the module docstring) as an optax chain;
+  accum_steps > 1: `extend_with_gradient_accumulation(AdaFactor)(grad_accum_steps=accum_steps)` fed the mean of
+  the micro-batches' gradients once per update."""
+  chain = [scale_by_factored_rms(beta2, decay_exponent, epsilon1, min_dim_size_to_factor, accum_steps)]
   if clipping_threshold is not None:
     chain.append(optax.clip_by_block_rms(clipping_threshold))
   if beta1 > 0.0:
@@ -145,6 +157,7 @@ def adafactor(learning_rate: optax.ScalarOrSchedule, *, beta1: float = 0.0, beta
   return optax.chain(*chain)
 
 
-def clue_adafactor(learning_rate: optax.ScalarOrSchedule = 5e-4) -> optax.GradientTransformation:
-  """The CLUE baselines' optimiser: `AdaFactor(learning_rate=5e-4, beta1=0.9, min_dim_size_to_factor=10**6)`."""
-  return adafactor(learning_rate, beta1=0.9, min_dim_size_to_factor=10**6)
+def clue_adafactor(learning_rate: optax.ScalarOrSchedule = 5e-4, accum_steps: int = 1) -> optax.GradientTransformation:
+  """The CLUE baselines' optimiser: `AdaFactor(learning_rate=5e-4, beta1=0.9, min_dim_size_to_factor=10**6)`
+  (accum_steps 2 or 4: their `optimizer2` / `optimizer4`)."""
+  return adafactor(learning_rate, beta1=0.9, min_dim_size_to_factor=10**6, accum_steps=accum_steps)

@@ -52,9 +52,10 @@ def default_config():
   # Device mesh (-1 fills the remaining devices).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Optimiser (roformer_jax.train.optim.from_config); the default is the RoFormerV2 pretraining recipe:
-  # LAMB, eps 1e-6, weight decay 0.01 on every tensor.
+  # LAMB, eps 1e-6, weight decay 0.01 on every tensor (but Adam's bias correction, which the recipe,
+  # pretrain.configs.common.v2_recipe, turns off).
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="lamb", learning_rate=1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+      name="lamb", learning_rate=1.76e-3, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01, bias_correction=True,
       decay_exclude=(), clip_norm=0.0, warmup_steps=100, decay="linear", end_factor=0.0, points={}))
   return c
 
@@ -297,7 +298,7 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
     from roformer_jax import export as export_lib
     export_lib.check_exportable(mcfg)  # fail now, not after hours of training
 
-  tx, schedule = optim.from_config(cfg.optimizer, steps)
+  tx, schedule = optim.from_config(cfg.optimizer, steps, cfg.accum_steps)
   abstract, shardings = step_lib.abstract_state(task.init_params, tx, mesh)
 
   train_iter = task.train_iterator(local_batch)
