@@ -94,6 +94,12 @@ def test_recipe_config_builds_uncorrected_lamb():
   assert not np.allclose(np.asarray(u["bias"]), np.asarray(u_c["bias"]))
 
 
+def test_piecewise_schedule_refuses_a_warmup_it_would_ignore():
+  from roformer_jax.config import ConfigError
+  with pytest.raises(ConfigError, match=r"config.optimizer.warmup_steps \(100\) has no effect with decay='piecewise'"):
+    optim.make_schedule(1.0, 100, 1000, "piecewise", points={"10": 1.0})
+
+
 @pytest.mark.parametrize("points", [{"10": 1.0, "30": 0.5, "50": 0.1}, {"0": 1.0}, {"0": 0.5, "10": 1.0},
                                     {"5": 1.0, "5000": 0.2}, {"4000": 1.0, "40000": 0.5, "160000": 0.1}])
 def test_piecewise_schedule_matches_bert4keras(points, tmp_path):

@@ -65,6 +65,7 @@ def v2_recipe(preset: str) -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1.76e-3
   c.optimizer.bias_correction = False  # train_mlm.py: LAMBLRG(bias_correction=False, ...)
   c.optimizer.decay = "piecewise"
+  c.optimizer.warmup_steps = 0      # the points warm up (0 -> 1 over the first 4,000 updates)
   c.optimizer.points = {"4000": 1.0, "40000": 0.5, "160000": 0.1, "320000": 0.01}
   c.data.corpus = "embedded"  # point at your corpus: --config.data.corpus=/path/to/wudao_jsonl
   return c

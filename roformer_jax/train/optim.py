@@ -24,6 +24,9 @@ def make_schedule(learning_rate: float, warmup_steps: int, total_steps: int, dec
   if decay == "piecewise":
     if not points:
       raise ConfigError("config.optimizer.decay='piecewise' needs config.optimizer.points {step: factor}")
+    if warmup_steps:  # it would be silently ignored: the points are the whole schedule, warm-up included
+      raise ConfigError(f"config.optimizer.warmup_steps ({warmup_steps}) has no effect with decay='piecewise': "
+                        "config.optimizer.points give the warm-up too; set it to 0")
     knots = sorted((int(s), float(f)) for s, f in points.items())
     if knots[0][0] != 0:  # bert4keras' piecewise_linear(from_zero=True) adds (0, 0) only then
       knots = [(0, 0.0)] + knots
