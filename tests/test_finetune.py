@@ -419,3 +419,13 @@ def test_results_grid_records_finished_runs_only(tmp_path):
   with pytest.raises(SystemExit):
     run_grid(runs, tmp_path, lambda **o: dict(o))
   assert calls == ["a", "b", "b"]  # 'a' is not rerun
+
+
+@pytest.mark.parametrize("module", ["finetune.pet_compare", "finetune.ner_compare", "finetune.pet_results"])
+def test_help_shows_usage_commands_as_pasteable_lines(module):
+  """absl's --help prints the module docstring: its shell line continuations must survive (a plain docstring
+  turned `\\<newline>` into nothing, gluing the command's two lines with a run of spaces)."""
+  import importlib
+  doc = importlib.import_module(module).__doc__
+  usage = [line for line in doc.splitlines() if line.startswith(f"  python -m {module} ")]
+  assert usage and usage[0].endswith(" \\") and "   " not in usage[0].strip(), usage
