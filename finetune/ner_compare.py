@@ -1,4 +1,4 @@
-"""`make finetune-ner`: GlobalPointer NER from a checkpoint, then the same setup from scratch; one JSON line.
+r"""`make finetune-ner`: GlobalPointer NER from a checkpoint, then the same setup from scratch; one JSON line.
 
   python -m finetune.ner_compare --config finetune/configs/ner.py --workdir workdir/ner \
       --config.init=workdir/tiny_cpu [--config.key=value ...]

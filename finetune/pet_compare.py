@@ -1,4 +1,4 @@
-"""`make finetune`: PET against the [CLS] classifier fine-tuned on the same labels (finetune-spec §a).
+r"""`make finetune`: PET against the [CLS] classifier fine-tuned on the same labels (finetune-spec §a).
 
   python -m finetune.pet_compare --config finetune/configs/pet.py --workdir workdir/pet_k200 \
       --config.init=workdir/tiny_cpu [--config.k=200 --config.seed=0 --config.baseline_learning_rate=...]

@@ -1,4 +1,4 @@
-"""The PET grid of docs/RESULTS.md: zero-shot patterns, PET vs [CLS] at several K, unsupervised, semi-supervised.
+r"""The PET grid of docs/RESULTS.md: zero-shot patterns, PET vs [CLS] at several K, unsupervised, semi-supervised.
 
   python -m finetune.pet_results --init workdir/tiny_cpu --out workdir/pet_results [--seeds 0,1,2] \
       [--ks 32,100,200] [--steps 150] [--pattern P1] [--plot docs/img/pet_vs_cls.png]

@@ -131,6 +131,15 @@ def _bench_error(capsys, *argv: str) -> str:
   return err[-1]
 
 
+def test_help_lists_the_commands(capsys):
+  """`python -m roformer_jax.bench --help` says what the commands are and exits 0 (it was the usage line, exit 1)."""
+  with pytest.raises(SystemExit) as stop:
+    bench_main.main(["--help"])
+  assert stop.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage: python -m roformer_jax.bench") and "<command> --help` lists its options" in out
+
+
 def test_unknown_preset_is_one_line(capsys):
   """The dispatcher turns a ConfigError into its message (before forward imports torch or builds a model)."""
   for argv in (("forward", "--no-peer"), ("train",)):

@@ -331,6 +331,16 @@ def test_config_and_workdir_mistakes_end_in_one_line(tmp_path):
   check_config(classify.get_config())
 
 
+def test_helpshort_lists_the_flags_the_error_hint_points_to():
+  """A mistyped flag's error says `--helpshort lists the flags`: it must list --config, --workdir and the
+  multi-process flags (defined in roformer_jax.train.cli, not in the main module absl lists)."""
+  out = _run(["--workdr", "x"], expect=2)
+  assert out.stderr.strip().endswith("(--helpshort lists the flags)"), out.stderr
+  out = _run(["--helpshort"], expect=1)  # absl's help flags exit with 1
+  for flag in ("--config", "--workdir", "--coordinator", "--num_processes", "--process_id", "--init_timeout"):
+    assert f"  {flag}: " in out.stdout, (flag, out.stdout)
+
+
 def test_out_of_memory_is_one_line_naming_the_keys(tmp_path):
   """XLA's RESOURCE_EXHAUSTED (here a real one: a step's array too large for the host) ends a CLI run with one
   line naming the keys that size the step, exit code 2, and leaves no empty workdir behind."""
@@ -507,3 +517,13 @@ def test_pet_results_plot_shows_its_caption(tmp_path):
   assert pet["y"] == pytest.approx([0.6, 0.55]) and cls["y"] == pytest.approx([0.7, 0.65])
   assert pet["bars"][0] == pytest.approx(0.1) and cls["bars"][0] == pytest.approx(0.1)  # sample sd (n - 1)
   assert pet["bars"][1:] in ([], [None]) and cls["bars"][1:] in ([], [None]), got  # one seed at K = 100: no bar
+
+
+@pytest.mark.parametrize("module", ["finetune.pet_compare", "finetune.ner_compare", "finetune.pet_results"])
+def test_help_shows_usage_commands_as_pasteable_lines(module):
+  """absl's --help prints the module docstring: its shell line continuations must survive (a plain docstring
+  turned `\\<newline>` into nothing, gluing the command's two lines with a run of spaces)."""
+  import importlib
+  doc = importlib.import_module(module).__doc__
+  usage = [line for line in doc.splitlines() if line.startswith(f"  python -m {module} ")]
+  assert usage and usage[0].endswith(" \\") and "   " not in usage[0].strip(), usage

@@ -66,6 +66,9 @@ def test_babysit_dry_run_prints_the_whole_sequence(family, tmp_path):
   text = "\n".join(out)
   assert out[:2] == ["# every 120s: the slice state",
                      "gcloud compute tpus tpu-vm describe rf-pod --zone=europe-west4-a '--format=value(state)'"]
+  # The exit codes as the loop below treats them: 2 and 3 stop the babysitter, they are not relaunched.
+  assert out[2:4] == ["# when READY/ACTIVE, worker 0's exit code: 0 finished (stop); 2 bad input or out of memory, 3",
+                      "# non-finite loss (stop: a relaunch would fail the same way); 75 or other (relaunch); none: running"]
   assert "gcloud compute tpus tpu-vm delete rf-pod --zone=europe-west4-a --quiet" in out
   assert (f"gcloud compute tpus tpu-vm create rf-pod --zone=europe-west4-a --accelerator-type={gcloud_type} "
           f"--version={runtime} --spot") in out

@@ -83,7 +83,8 @@ exit_cmd=(gcloud compute tpus tpu-vm ssh "$NAME" "${LOCATION[@]}" --worker=0
 if [[ "$DRY_RUN" == 1 ]]; then
   printf '# every %ss: the slice state\n' "$INTERVAL"
   run "${state_cmd[@]}"
-  printf '# when READY/ACTIVE: training finished (0), crashed (other: relaunch) or running\n'
+  printf '# when READY/ACTIVE, worker 0'\''s exit code: 0 finished (stop); 2 bad input or out of memory, 3\n'
+  printf '# non-finite loss (stop: a relaunch would fail the same way); 75 or other (relaunch); none: running\n'
   run "${exit_cmd[@]}"
   printf '# when PREEMPTED, TERMINATED, FAILED, SUSPENDED or gone (at most %s times): recreate and resume\n' \
     "$MAX_RECREATES"

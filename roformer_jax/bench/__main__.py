@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> None:
   mode = "retain"
   if argv and argv[0].startswith("--malloc="):
     mode, argv = argv[0].split("=", 1)[1], argv[1:]
+  usage = f"usage: python -m roformer_jax.bench [--malloc={{retain,default}}] {{{','.join(COMMANDS)}}} [options]"
+  if argv[:1] in (["-h"], ["--help"]):
+    print(f"{usage}\n\n{__doc__.strip()}\n\n`python -m roformer_jax.bench <command> --help` lists its options.")
+    sys.exit(0)
   if mode not in ("retain", "default") or not argv or argv[0] not in COMMANDS:
-    sys.exit(f"usage: python -m roformer_jax.bench [--malloc={{retain,default}}] {{{','.join(COMMANDS)}}} [options]")
+    sys.exit(usage)
   if cli and mode == "retain":  # (a programmatic call leaves the process as it is)
     from roformer_jax.train import hostmem
     hostmem.reexec_with_retained_memory()

@@ -4,7 +4,8 @@
 source, the compiler flags and jaxlib's version, and registers it with XLA; it says False (and the callers
 keep XLA's own attention) where the CPU lacks AVX-512, g++ is missing, the build fails, or
 ROFORMER_JAX_CPU_KERNELS=0. Nothing happens at import. `python -m roformer_jax.kernels.cpu_attention`
-builds it ahead of time (`make` does), so parallel test workers find it ready.
+builds it ahead of time (`make kernels`, which the Makefile's run targets do first), so parallel test workers
+find it ready.
 
 `forward(q, k, v, key_mask, key_seg, query_seg)` -> (o, p) and `backward(...)` -> (dq, dk, dv) work on the
 model's [B, L, H, D] layout; q arrives rotated and scaled. `roformer_jax.attention.softmax` owns the VJP.

@@ -40,6 +40,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   here, so that a missing or broken --config file or an unknown --config.key is one line, not a traceback."""
   from absl import flags
   prog = f"{Path(argv[0]).parent.name}.{Path(argv[0]).stem}" if argv else "roformer"
+  # absl's --help / --helpshort list the main module's key flags; ours are defined here, so without this
+  # they would list none (and the hint below would point at an empty list).
+  for name in ("config", "workdir", "coordinator", "num_processes", "process_id", "init_timeout"):
+    if name in flags.FLAGS:
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
 
   def fail(msg: str):
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
