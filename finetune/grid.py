@@ -36,7 +36,8 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
   out = Path(out).expanduser().absolute()
   out.mkdir(parents=True, exist_ok=True)
   log = out / "results.jsonl"
-  results = {r["run"]: r for r in map(json.loads, log.read_text().splitlines())} if log.is_file() else {}
+  results = ({r["run"]: r for r in map(json.loads, log.read_text(encoding="utf-8").splitlines())}
+             if log.is_file() else {})
   for name, fn, overrides in runs:
     keyed = json.loads(json.dumps(overrides))  # as results.jsonl and grid_run.json hold them
     # Rows written before the overrides were recorded (no "overrides" key) cannot be checked.
@@ -63,9 +64,11 @@ def run_grid(runs: Sequence[Run], out: Path, make_config: Callable[..., Any],
       from roformer_jax.train.cli import PREEMPTED
       print(f"{name}: preempted at step {summary.get('step')}; rerun the same command to resume", flush=True)
       raise SystemExit(PREEMPTED)
-    with open(log, "a") as f:  # one line per finished run: a crash loses at most the run under way
-      f.write(json.dumps(summary) + "\n")
     results[name] = summary
+    # One line per finished run, the file replaced atomically: a crash loses at most the run under way and
+    # never leaves a half-written line that every later rerun would fail to parse.
+    from roformer_jax.data.jsonl import write_jsonl
+    write_jsonl(log, results.values())
     print(json.dumps({"run": name, **{k: summary.get(k) for k in report}}), flush=True)
   return results
 
