@@ -98,7 +98,7 @@ def plot(results: dict[str, dict], path: Path) -> None:
   ax.minorticks_off()
   ax.set_xticks(ks, [str(k) for k in ks])
   ax.set_xlabel("labelled examples K")
-  ax.set_ylabel("test accuracy (1,736 reviews)")
+  ax.set_ylabel(f"test accuracy ({len(test):,} reviews)")
   n = f"{min(counts)}" if len(counts) == 1 else f"{min(counts)}–{max(counts)}"
   ax.set_title(f"PET vs [CLS] from {Path(FLAGS.init).name}, mean ± sd over {n} seed{'s' if max(counts) > 1 else ''}")
   ax.legend()

@@ -9,11 +9,22 @@ import os
 import pathlib
 import shutil
 import tempfile
+import unicodedata
 from typing import Callable
 
 import numpy as np
 
 SPLITS = ("train", "dev", "test")
+
+
+def dedup_key(text: str) -> str:
+  """What two texts share when they differ only in punctuation, symbols, spacing, full/half width or case
+  ("早餐一般" / "早餐一般。", "谢谢!" / "谢谢！", "（编者）" / "——编者"): NFKC, casefolded, with every
+  punctuation (P*), symbol (S*), separator (Z*), control (Cc) and format (Cf) character removed. Datasets keep
+  one text per key before splitting, so that no test text is a training text spelt differently. A text of
+  punctuation alone keys to ""."""
+  return "".join(c for c in unicodedata.normalize("NFKC", text).casefold()
+                 if unicodedata.category(c)[0] not in "PSZ" and unicodedata.category(c) not in ("Cc", "Cf"))
 
 
 def split_indices(num_items: int, seed: int, dev_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:

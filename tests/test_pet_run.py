@@ -115,11 +115,11 @@ def test_sigkill_while_saving_then_rerun_ends_as_the_straight_run(init, straight
 
 @pytest.mark.parametrize("regime, labelled", [("unsupervised", 0), ("semi_supervised", K)])
 def test_regimes_with_unlabelled_texts(init, tmp_path, regime, labelled):
-  """Both train on the 13,891 train texts (less the K labelled for semi-supervised), no pattern on them."""
+  """Both train on the 13,856 train texts (less the K labelled for semi-supervised), no pattern on them."""
   out = _run(_args(init, tmp_path, "--config.regime", regime, "--config.steps", "2"))
   summary = _summary(out)
   assert summary["regime"] == regime and summary["k"] == labelled and summary["step"] == 2
-  assert f"{labelled} labelled + {13891 - labelled} unlabelled" in out.stdout
+  assert f"{labelled} labelled + {13856 - labelled} unlabelled" in out.stdout
 
 
 def test_compare_gives_the_baseline_the_same_labels(init, straight, tmp_path):

