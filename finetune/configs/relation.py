@@ -26,7 +26,7 @@ def get_config():
       source="people_daily",        # people_daily (synthetic labels over real text) | duie (official files)
       dir="",                       # duie: the folder of all_50_schemas, train_data.json, dev_data.json, ...
       strict=True,                  # False: a triple with an empty subject or object is dropped and counted
-      max_train=0,                  # the first N sentences of each split (0 = all: 3,461 synthetic)
+      max_train=0,                  # the first N sentences of each split (0 = all: 3,460 synthetic)
       max_dev=1000,
       max_test=0))
   # Candidate caps of the host decoder: an untrained model scores much of its L^2 cells above 0, and the
