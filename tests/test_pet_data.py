@@ -83,6 +83,9 @@ def test_the_documented_split_does_not_move_with_numpy(splits):
   data, _ = reviews.read_reviews()
   assert reviews.split_indices(data.labels)["test"][:8].tolist() == [1, 12, 36, 50, 53, 64, 80, 85]
   assert splits["test"].texts[:8] == data.subset([1, 12, 36, 50, 53, 64, 80, 85]).texts
+  # The K-shot draws too (seed 0's first 8 of train).
+  assert reviews.kshot_indices(splits["train"].labels, 8, seed=0).tolist() == [
+      3236, 11773, 1415, 8092, 1213, 11828, 7197, 10246]
 
 
 def test_kshot_is_deterministic_nested_and_stratified(splits):
