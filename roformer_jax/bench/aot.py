@@ -144,6 +144,10 @@ def main(argv=None) -> None:
   p.add_argument("--attention", default="softmax")
   a = p.parse_args(argv)
 
+  import jax
+  # No TPU client here loads what the TPU compiler made: a persistent cache (JAX_COMPILATION_CACHE_DIR) would only
+  # gain entries that every later run fails to read, with a UserWarning each.
+  jax.config.update("jax_enable_compilation_cache", False)
   import roformer_jax as rj
   family = a.topology.split(":")[0]
   devices = topology_devices(a.topology)
