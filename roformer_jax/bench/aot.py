@@ -38,6 +38,7 @@ MEGACORE = ("v4", "v5p")
 def topology_devices(topology: str):
   """TPU device objects for e.g. 'v5e:16x16' or 'v4:2x2x4' (no hardware needed)."""
   from jax.experimental import topologies
+  from roformer_jax import startup
   family = topology.split(":")[0]
   if family not in CHIPS:
     raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
@@ -46,7 +47,8 @@ def topology_devices(topology: str):
   deadline = time.monotonic() + 120
   while True:
     try:
-      return topologies.get_topology_desc(platform="tpu", topology_name=topology, **extra).devices
+      with startup.quiet_libtpu_init():  # libtpu reads them as it first loads, here
+        return topologies.get_topology_desc(platform="tpu", topology_name=topology, **extra).devices
     except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
       locked = "lockfile" in str(e)
       if locked and time.monotonic() < deadline:  # another process holds libtpu: wait for it
