@@ -187,5 +187,6 @@ def main(argv=None) -> None:
              f"{result['hbm_bytes'] / 2**30:.0f} GiB HBM. Try --remat full, a larger fsdp axis, or a smaller --batch.")
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # as `python -m roformer_jax.bench <command>`
+  from roformer_jax.bench.__main__ import run_as_command
+  run_as_command(__spec__.name)
