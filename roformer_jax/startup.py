@@ -4,15 +4,19 @@ With libtpu installed (the test extras put it in the same venv) and JAX_PLATFORM
 backend at start-up, TPU included. libtpu then queries the (absent) TPU metadata server and prints "could not
 determine TPU accelerator type" and an `E0000 ... INVALID_ARGUMENT` line to stderr before JAX falls back to
 the CPU. JAX's own TPU_SKIP_MDS_QUERY does not silence it; leaving `tpu` out of JAX_PLATFORMS does.
+Compiling for a described TPU topology (`roformer-bench aot`) loads libtpu whatever JAX_PLATFORMS says:
+`quiet_libtpu_init` gives it the one-host values it would otherwise look up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.metadata
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 
 
 def tpu_present() -> bool:
@@ -57,3 +61,26 @@ def quiet_tpu_probe(environ=os.environ) -> str | None:
   if "jax" in sys.modules and environ is os.environ:  # JAX read JAX_PLATFORMS when it was imported
     sys.modules["jax"].config.update("jax_platforms", platforms)
   return platforms
+
+
+# The TPU VM's slice, which libtpu otherwise reads from the metadata server; any one set means the user set them.
+_LIBTPU_SLICE = {"TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1"}
+
+
+@contextlib.contextmanager
+def quiet_libtpu_init(environ=os.environ) -> Iterator[bool]:
+  """While libtpu initialises only to compile for a described topology, on a machine with no TPU: a one-host
+  slice in the environment, so it prints no "could not determine TPU accelerator type" / `E0000` lines.
+
+  Changes nothing on a TPU VM or when the user set any of these or TPU_ACCELERATOR_TYPE; restores the
+  environment on exit (TPU_WORKER_HOSTNAMES also means "TPU pod" to `jax.distributed`). Yields whether it set them.
+  """
+  if tpu_present() or any(k in environ for k in (*_LIBTPU_SLICE, "TPU_ACCELERATOR_TYPE")):
+    yield False
+    return
+  environ.update(_LIBTPU_SLICE)
+  try:
+    yield True
+  finally:
+    for k in _LIBTPU_SLICE:
+      environ.pop(k, None)

@@ -7,18 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from roformer_jax import startup
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _aot(*args):
+def _aot(*args, env=None):
   return subprocess.run([sys.executable, "-m", "roformer_jax.bench", "aot", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                        text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
 
 
-def test_tiny_compiles_for_v5e_2x2():
+def test_tiny_compiles_for_v5e_2x2(tmp_path):
   # remat "full": libtpu 0.0.42.1 segfaults in its cost model on this tiny bf16 step with "dots".
-  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--seq", "128", "--remat", "full")
+  out = _aot("--topology", "v5e:2x2", "--preset", "tiny", "--batch", "8", "--seq", "128", "--remat", "full",
+             env={"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")})
   assert out.returncode == 0, out.stderr[-3000:]
+  # Nothing a later run could not read back (it warned "Error reading persistent compilation cache entry").
+  assert not list(tmp_path.rglob("jit_train_step-*")), sorted(tmp_path.rglob("*"))
+  if not startup.tpu_present():  # libtpu's start-up finds no TPU metadata: no "could not determine ..." / E0000
+    assert not out.stderr.strip(), out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r["chips"] == 4 and r["device_kind"].startswith("TPU v5")
   import jax
@@ -28,6 +35,20 @@ def test_tiny_compiles_for_v5e_2x2():
   assert r["temp_bytes"] > 0 and r["xla_flops_per_chip"] > 0 and r["est_step_s"] > 0
   # XLA's per-chip FLOPs cover at least the analytic model FLOPs' share of one chip.
   assert r["xla_flops_per_chip"] >= 0.8 * r["model_flops"] / r["chips"]
+
+
+def test_libtpu_gets_a_one_host_slice_only_for_its_start_up_and_only_without_a_tpu():
+  env = {"PATH": "/bin"}
+  with startup.quiet_libtpu_init(env) as quieted:
+    assert quieted == (not startup.tpu_present())
+    assert env == ({"PATH": "/bin", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_HOST_BOUNDS": "1,1,1"} if quieted else
+                   {"PATH": "/bin"})
+  assert env == {"PATH": "/bin"}  # jax.distributed would take TPU_WORKER_HOSTNAMES for a TPU pod
+  for own in ({"TPU_ACCELERATOR_TYPE": "v5litepod-16"}, {"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}):
+    env = dict(own)
+    with startup.quiet_libtpu_init(env) as quieted:  # the user's own slice is left as it is
+      assert not quieted and env == own
+    assert env == own
 
 
 def test_a_layout_that_cannot_fit_fails_clearly():
@@ -58,6 +79,7 @@ def test_scanned_step_on_megacore_v4_gets_an_extrapolated_estimate():
   out = _aot("--topology", "v4:2x2x1", "--preset", "tiny", "--batch", "8", "--seq", "128", "--remat", "full",
              "--scan")
   assert out.returncode == 0, out.stderr[-3000:]
+  assert startup.tpu_present() or not out.stderr.strip(), out.stderr[-3000:]
   r = json.loads(out.stdout.strip().splitlines()[-1])
   assert r["chips"] == 4 and r["device_kind"] == "TPU v4" and r["hbm_bytes"] == 32 * 2**30
   assert r["scan_layers"] and "extrapolated" in r["est_source"] and r["est_step_s"] > 0

@@ -1,6 +1,10 @@
 """The train benchmark's protocol: interleaved rounds, and the JSON line it prints (tiny sizes; not a timing)."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,6 +142,21 @@ def test_help_lists_the_commands(capsys):
   assert stop.value.code == 0
   out = capsys.readouterr().out
   assert out.startswith("usage: python -m roformer_jax.bench") and "<command> --help` lists its options" in out
+
+
+def test_a_command_run_as_its_module_starts_as_through_the_cli():
+  """`python -m roformer_jax.bench.matmul`, JAX_PLATFORMS unset as a user runs it: the CLI's start-up, so with
+  libtpu installed and no TPU, no libtpu lines (its module's own main printed 'could not determine TPU ...')."""
+  from roformer_jax import startup
+  if startup.quiet_tpu_probe(environ={}) is None:
+    pytest.skip("libtpu is not installed, or a TPU is attached: JAX's own start-up applies")
+  root = Path(__file__).resolve().parents[1]
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  out = subprocess.run([sys.executable, "-m", "roformer_jax.bench.matmul", "--shape", "8,8,8", "--dtypes", "float32",
+                        "--rounds", "1", "--repeats", "1"], cwd=root, env=dict(env, PYTHONPATH=str(root)),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and json.loads(out.stdout)["shape"] == [8, 8, 8], out.stderr[-2000:]
+  assert not out.stderr.strip(), out.stderr
 
 
 def test_unknown_preset_is_one_line(capsys):

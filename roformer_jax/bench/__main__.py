@@ -4,7 +4,7 @@ Commands: forward, train, finetune, decode, teaforn, attention, aot, tokenizer, 
 re-executes itself with glibc malloc tunables that keep freed memory (roformer_jax.train.hostmem; peers in the same run get them too), unless
 `--malloc=default` comes before the command. (The input-pipeline benchmark lives beside the
 masking it measures: `python -m pretrain.bench_data`.) Each is a module here with `main(argv)`; benchmarks
-print measured figures and are never run as tests.
+print measured figures and are never run as tests. `python -m roformer_jax.bench.<module>` runs as its command.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> None:
   except ConfigError as e:  # a bad --preset, --attention, ...: the message names the field
     print(f"roformer-bench {argv[0]}: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def run_as_command(module: str) -> None:
+  """`python -m roformer_jax.bench.<module> [args]`: the command's start-up as through this CLI (malloc tunables,
+  no libtpu / TensorFlow noise), which that module's own `main` skips."""
+  sys.argv[1:1] = [next(c for c, m in COMMANDS.items() if m == module)]
+  main()
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ MEGACORE = ("v4", "v5p")
 def topology_devices(topology: str):
   """TPU device objects for e.g. 'v5e:16x16' or 'v4:2x2x4' (no hardware needed)."""
   from jax.experimental import topologies
+  from roformer_jax import startup
   family = topology.split(":")[0]
   if family not in CHIPS:
     raise SystemExit(f"aot: unknown TPU family in --topology {topology!r}; expected one of {sorted(CHIPS)}")
@@ -46,7 +47,8 @@ def topology_devices(topology: str):
   deadline = time.monotonic() + 120
   while True:
     try:
-      return topologies.get_topology_desc(platform="tpu", topology_name=topology, **extra).devices
+      with startup.quiet_libtpu_init():  # libtpu reads them as it first loads, here
+        return topologies.get_topology_desc(platform="tpu", topology_name=topology, **extra).devices
     except Exception as e:  # noqa: BLE001 -- libtpu missing, locked, or a bad shape: say which
       locked = "lockfile" in str(e)
       if locked and time.monotonic() < deadline:  # another process holds libtpu: wait for it
@@ -144,6 +146,10 @@ def main(argv=None) -> None:
   p.add_argument("--attention", default="softmax")
   a = p.parse_args(argv)
 
+  import jax
+  # No TPU client here loads what the TPU compiler made: a persistent cache (JAX_COMPILATION_CACHE_DIR) would only
+  # gain entries that every later run fails to read, with a UserWarning each.
+  jax.config.update("jax_enable_compilation_cache", False)
   import roformer_jax as rj
   family = a.topology.split(":")[0]
   devices = topology_devices(a.topology)
@@ -181,5 +187,6 @@ def main(argv=None) -> None:
              f"{result['hbm_bytes'] / 2**30:.0f} GiB HBM. Try --remat full, a larger fsdp axis, or a smaller --batch.")
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # as `python -m roformer_jax.bench <command>`
+  from roformer_jax.bench.__main__ import run_as_command
+  run_as_command(__spec__.name)

@@ -482,7 +482,8 @@ def train_probe(args, options: dict) -> None:
           opts.setdefault(f"{variant}_max_length", n)
         spec = dict(preset=args.preset, variant=variant, n=n, remat=args.remat, scan_layers=not args.no_scan,
                     cap=cap, options=opts, compile_only=args.compile_only or interpreted, warmup=args.warmup)
-        cmd = [sys.executable, "-m", "roformer_jax.bench.attention", "--child", json.dumps(spec)]
+        # --malloc=default: no re-exec; the cell inherits this process's malloc tunables (or none) as they are.
+        cmd = [sys.executable, "-m", "roformer_jax.bench", "--malloc=default", "attention", "--child", json.dumps(spec)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.step_timeout)
         result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         row = json.loads(result[-1][7:]) if result else dict(status=f"oom (killed, rc={proc.returncode})")
@@ -616,5 +617,6 @@ def main(argv: list[str] | None = None) -> None:
   print(analysis(rows, base, args.batch))
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # as `python -m roformer_jax.bench <command>`
+  from roformer_jax.bench.__main__ import run_as_command
+  run_as_command(__spec__.name)

@@ -116,5 +116,6 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({**check(variant, case, jnp.dtype(dtype)), **where}), flush=True)
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # as `python -m roformer_jax.bench <command>`
+  from roformer_jax.bench.__main__ import run_as_command
+  run_as_command(__spec__.name)

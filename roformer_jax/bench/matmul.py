@@ -53,5 +53,6 @@ def main(argv=None) -> None:
   print(json.dumps(out), flush=True)
 
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # as `python -m roformer_jax.bench <command>`
+  from roformer_jax.bench.__main__ import run_as_command
+  run_as_command(__spec__.name)
