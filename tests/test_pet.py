@@ -243,6 +243,18 @@ def test_regimes(splits):
     batches.regime_data("few_shot", train, 0, 0)
 
 
+def test_random_ids_stay_in_the_tokenizers_vocab_when_the_model_has_padded_rows(tokenizer, splits):
+  # The reference draws np.random.choice(tokenizer._vocab_size - 1) + 1: rows a model pads for the hardware
+  # (here 1,000 more than the tokenizer) are ids no text gives, never replacement tokens.
+  enc = _encoder(tokenizer, max_length=64)
+  train = splits["train"].subset(np.arange(0, len(splits["train"]), 40))
+  lab, unl = batches.regime_data("semi_supervised", train, 20, seed=1)
+  data = batches.PetTrainBatches(enc, lab, unl, batch_size=32, seed=3, vocab_size=tokenizer.vocab_size + 1000)
+  ids = np.concatenate([data.batch(s)["input_ids"].ravel() for s in range(11)])
+  assert ids.max() < tokenizer.vocab_size
+  assert len(np.unique(ids)) > 0.2 * tokenizer.vocab_size  # random replacements do span the vocab
+
+
 def test_semi_supervised_batches(tokenizer, splits):
   enc = _encoder(tokenizer, max_length=64)
   train = splits["train"].subset(np.arange(0, len(splits["train"]), 40))  # 347 examples

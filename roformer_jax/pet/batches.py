@@ -80,8 +80,9 @@ class PetTrainBatches:
     if batch_size < 1:
       raise ConfigError(f"config.batch_size = {batch_size} must be >= 1")
     self.encoder, self.batch_size, self.seed = encoder, batch_size, seed
-    # Random ids span the model's rows; a vocab padded for the hardware may have more than the tokenizer.
-    self.vocab_size = vocab_size or encoder.tokenizer.vocab_size
+    # Random ids span the tokenizer's vocab, as the reference (`np.random.choice(tokenizer._vocab_size - 1) + 1`):
+    # a model's rows padded for the hardware are ids no text ever gives. `vocab_size` may only narrow that.
+    self.vocab_size = min(vocab_size or encoder.tokenizer.vocab_size, encoder.tokenizer.vocab_size)
     self.seq_len = encoder.max_length
     self.max_predictions = max_predictions or masking.default_max_predictions(self.seq_len, encoder.width)
     rows, self._blanks = encoder.encode(labelled.texts)
