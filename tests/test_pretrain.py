@@ -231,6 +231,23 @@ def _rows(workdir):
   return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_best_checkpoint_keeps_a_step_it_holds_when_a_resumed_run_redoes_that_eval(tmp_path):
+  """A resumed run on another layout can redo the best's eval with a value higher in the last bits: the params
+  on record are that step's already, so they stay (the old code deleted them, then saved again: a crash in
+  between left no best at all)."""
+  import numpy as np
+  from roformer_jax.train.checkpoint import BestCheckpoint
+  first = BestCheckpoint(tmp_path / "best", "eval_score", async_save=False)
+  assert first.update(2, {"w": np.ones(3, np.float32)}, {"eval_score": 0.5})
+  first.close()
+  again = BestCheckpoint(tmp_path / "best", "eval_score", async_save=False)
+  assert (again.step, again.value) == (2, 0.5)
+  assert not again.update(2, {"w": np.full(3, 2.0, np.float32)}, {"eval_score": 0.5 + 1e-7})
+  np.testing.assert_array_equal(again.restore({"w": np.zeros(3, np.float32)})["w"], np.ones(3))
+  assert again.update(4, {"w": np.full(3, 3.0, np.float32)}, {"eval_score": 0.6}) and again.step == 4
+  again.close()
+
+
 def test_loop_resume_keeps_an_older_best_and_refuses_fewer_steps_than_saved(tiny, tmp_path):
   """A resumed run keeps the best of before (an older step than the latest) against a worse eval; a config
   with fewer steps than the saved checkpoint is refused by name, not ended at once as if it had finished."""

@@ -192,10 +192,12 @@ class BestCheckpoint:
     value = float(metrics[self.metric])
     if not value > self.value:  # also false for nan
       return False
+    if step in self.manager.all_steps():
+      # A resumed run redid this eval (on another layout its value differs in the last bits): the params of this
+      # step are already the best on record. Keeping them, rather than deleting and re-saving, leaves no moment
+      # without a best on disk.
+      return False
     meta = {"metric": self.metric, "value": value, "step": int(step)}
-    if step in self.manager.all_steps():  # a resumed run redid this step on another layout (not bitwise)
-      self.manager.wait_until_finished()
-      self.manager.delete(step)
     self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
     self.step, self.value = int(step), value
