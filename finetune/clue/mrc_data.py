@@ -7,7 +7,9 @@ CMRC2018 (SQuAD layout): {"data": [{"paragraphs": [{"context", "qas": [{"id", "q
   (maxlen - len(question) - 3) characters, starting every `stride` = 128 characters, the last one reaching the
   end; a window holds the answer iff the whole answer lies inside it. As the reference, one set of windows
   per answer (dev questions have up to 3), texts lower-cased with accents stripped (bert4keras
-  `lowercase_and_normalize`); a question without answers (the test file) gets one set without answers.
+  `lowercase_and_normalize`); a question without answers (the test file) gets one set without answers. A
+  question leaving no room for context is cut to (maxlen - 3) // 2 characters (`window_question`; the
+  reference's windows would hold no context).
 C3: one JSON list of [paragraphs, [{"question", "choice": [...], "answer", "id"}...], doc id]; the passage is
   the paragraphs joined by "||", choices padded to 4 with "无效答案" (and cut at 4); the label is the answer's
   index in the choices (test questions have no answer: label None).
@@ -80,17 +82,26 @@ class Question:
   answers: tuple[str, ...]
 
 
+def window_question(question: str, maxlen: int) -> str:
+  """The normalised question as windows hold it: cut to its first (maxlen - 3) // 2 characters where it leaves
+  no room for context. (The reference keeps it whole: its windows then hold no context at all, and their
+  sequences run past maxlen, which fixed-length arrays cannot hold.)"""
+  q = normalize(question)
+  return q[:(maxlen - 3) // 2] if len(q) >= maxlen - 3 else q
+
+
 def cmrc_windows(qid: str, question: str, context: str, answer: str, start: int, maxlen: int = 512,
                  stride: int = 128) -> list[Window]:
   """The reference's `stride_split`: windows of (maxlen - len(question) - 3) characters every `stride`; `start`:
-  the answer's first character in `context` as written (answer_start)."""
-  q, c, a = normalize(question), normalize(context), normalize(answer)
+  the answer's first character in `context` as written (answer_start). A question leaving no room for context
+  is cut (`window_question`)."""
+  q, c, a = window_question(question, maxlen), normalize(context), normalize(answer)
   if start > 0:  # the answer's start in the normalised context (the reference keeps the file's: off by the
     start = len(normalize(context[:start]))  # characters normalising adds or drops before it, e.g. Hangul)
   end = start + len(a)
   width = maxlen - len(q) - 3
   if width <= 0:
-    raise ValueError(f"question {qid!r} is {len(q)} characters: no room for context within maxlen {maxlen}")
+    raise ValueError(f"maxlen {maxlen} leaves no room for context (it must be at least 4)")
   out, n = [], 0
   while True:
     lo, hi = n * stride, n * stride + width
