@@ -177,6 +177,10 @@ class MrcTask(Task):
     for name in names:
       path = folder / mrc_data.FILES["cmrc2018"][name][0]
       questions, windows = mrc_data.read_cmrc(path, self.seq_len, cfg.clue.stride)
+      misaligned = sum(q.misaligned for q in questions)
+      if misaligned:  # trained on as the reference does, but worth knowing
+        log(f"cmrc2018 {path}: {misaligned} answers are not at their answer_start: labelled at answer_start "
+            f"(the answer's length from there), as the reference")
       cut = sum(len(mrc_data.window_question(q.question, self.seq_len)) < len(mrc_data.normalize(q.question))
                 for q in questions)
       if cut:  # the reference would give them windows without context

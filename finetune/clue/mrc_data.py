@@ -21,7 +21,9 @@ CHID: JSON lines {"candidates": [10 idioms], "content": [paragraphs with #idiom0
   candidates and are assigned jointly (`mrc_metrics.assign_idioms`).
 
 Bad lines raise DataError naming the file and line (JSON lines, C3's list elements) or the JSON path
-(CMRC2018's nested objects, e.g. `data[3].paragraphs[0].qas[2]`).
+(CMRC2018's nested objects, e.g. `data[3].paragraphs[0].qas[2]`). A CMRC2018 answer whose text is not at its
+answer_start is no error: as the reference, its label is the span of the answer's length at answer_start
+(counted in `Question.misaligned`); an answer_start outside the context is.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Question:
   question: str
   context: str  # as in the file (answers are cut from it)
   answers: tuple[str, ...]
+  misaligned: int = 0  # answers whose text is not at their answer_start (labelled there all the same)
 
 
 def window_question(question: str, maxlen: int) -> str:
@@ -136,13 +139,16 @@ def read_cmrc(path: PathLike, maxlen: int = 512, stride: int = 128) -> tuple[lis
       for k, qa in enumerate(field(par, "qas", list, where_par)):
         where = f"{where_par}.qas[{k}]"
         qid, question = str(field(qa, "id", (str, int), where)).strip(), field(qa, "question", str, where)
-        answers = []
+        answers, misaligned = [], 0
         for m, ans in enumerate(qa.get("answers") or []):
           text = field(ans, "text", str, f"{where}.answers[{m}]")
           start = field(ans, "answer_start", int, f"{where}.answers[{m}]")
-          if start != -1 and context[start:start + len(text)] != text:
-            raise DataError(f"{where}.answers[{m}]: {text!r} is not at answer_start {start} of the context "
-                            f"({context[start:start + len(text)]!r})")
+          if start < -1 or start + len(text) > len(context):
+            raise DataError(f"{where}.answers[{m}]: answer_start {start} (+ {len(text)} characters of {text!r}) "
+                            f"is outside the context ({len(context)} characters)")
+          # A text not at its answer_start is labelled at answer_start all the same, as the reference trains
+          # (its span: len(text) characters from answer_start); counted, prepare says how many.
+          misaligned += start != -1 and context[start:start + len(text)] != text
           answers.append((text, start))
         try:
           if not answers or answers[0][1] == -1:  # the test file: windows without answers, once
@@ -153,7 +159,7 @@ def read_cmrc(path: PathLike, maxlen: int = 512, stride: int = 128) -> tuple[lis
             windows.extend(cmrc_windows(qid, question, context, text, start, maxlen, stride))
         except ValueError as e:
           raise DataError(f"{where}: {e}") from None
-        questions.append(Question(qid, question, context, tuple(t for t, s in answers if s != -1)))
+        questions.append(Question(qid, question, context, tuple(t for t, s in answers if s != -1), misaligned))
   if not questions:
     raise DataError(f"{path}: no questions")
   return questions, windows
