@@ -49,15 +49,44 @@ def test_cmrc_test_file_and_errors(tmp_path):
   questions, windows = M.read_cmrc(_cmrc_file(tmp_path / "test.json", qas), maxlen=12, stride=4)
   assert [q.answers for q in questions] == [(), ()] and {w.qid for w in windows} == {"T1", "T2"}
   assert len(windows) == 2 * len(M.cmrc_windows("T1", "问", "ABCDEFGHIJ这是第一段上下文内容", "", -1, 12, 4))
-  bad = _cmrc_file(tmp_path / "bad.json", [{"id": "Q", "question": "问", "answers": [{"text": "XYZ",
-                                                                                       "answer_start": 0}]}])
-  with pytest.raises(DataError, match=r"bad.json: data\[0\].paragraphs\[0\].qas\[0\].answers\[0\]: 'XYZ' is not"):
-    M.read_cmrc(bad)
+  for start in (18, -2):  # "XYZ" from 18 runs past the 20 characters
+    bad = _cmrc_file(tmp_path / "bad.json", [{"id": "Q", "question": "问", "answers": [{"text": "XYZ",
+                                                                                         "answer_start": start}]}])
+    with pytest.raises(DataError, match=rf"bad.json: data\[0\].paragraphs\[0\].qas\[0\].answers\[0\]: "
+                                        rf"answer_start {start} \(\+ 3 characters of 'XYZ'\) is outside the context"):
+      M.read_cmrc(bad)
   bad = _cmrc_file(tmp_path / "bad2.json", [{"id": "Q", "answers": []}])
   with pytest.raises(DataError, match=r"qas\[0\]: missing field 'question'"):
     M.read_cmrc(bad)
-  with pytest.raises(DataError, match="no room for context"):
-    M.read_cmrc(_cmrc_file(tmp_path / "q.json", [{"id": "Q", "question": "长" * 10, "answers": []}]), maxlen=12)
+  with pytest.raises(DataError, match="maxlen 3 leaves no room for context"):
+    M.read_cmrc(_cmrc_file(tmp_path / "q.json", [{"id": "Q", "question": "问", "answers": []}]), maxlen=3)
+
+
+def test_cmrc_misaligned_answer_start_labelled_as_the_reference(tmp_path):
+  # "XYZ" is not at answer_start 3: the reference labels len("XYZ") characters from there ("def"), as here;
+  # the question counts it, its gold answers (for EM/F1) stay the file's texts.
+  qas = [{"id": "Q", "question": "问", "answers": [{"text": "XYZ", "answer_start": 3},
+                                                  {"text": "这是", "answer_start": 10}]}]
+  questions, windows = M.read_cmrc(_cmrc_file(tmp_path / "dev.json", qas), maxlen=12, stride=4)
+  assert questions == [M.Question("Q", "问", "ABCDEFGHIJ这是第一段上下文内容", ("XYZ", "这是"), misaligned=1)]
+  labelled = [(w.offset, w.context[w.start:w.end]) for w in windows if w.start >= 0]
+  assert labelled == [(0, "def"), (4, "这是"), (8, "这是")]
+
+
+def test_cmrc_long_question_is_cut(tmp_path):
+  # maxlen 12 leaves 9 characters for question + context: a 9+ character question is cut to its first 4 (the
+  # reference's windows would hold no context), the context windows 12 - 4 - 3 = 5 wide; the other question's
+  # windows as the reference's.
+  qas = [{"id": "L", "question": "长问题ABCDEFGH", "answers": [{"text": "段上", "answer_start": 14}]},
+         {"id": "S", "question": "问什么", "answers": [{"text": "段上", "answer_start": 14}]}]
+  questions, windows = M.read_cmrc(_cmrc_file(tmp_path / "dev.json", qas), maxlen=12, stride=4)
+  assert [q.question for q in questions] == ["长问题ABCDEFGH", "问什么"]  # as in the file
+  long = [w for w in windows if w.qid == "L"]
+  assert {w.question for w in long} == {"长问题a"} and [w.offset for w in long] == [0, 4, 8, 12, 16]
+  assert {len(w.context) for w in long[:-1]} == {5} and long[-1].context == "下文内容"
+  assert [(w.offset, w.context[w.start:w.end]) for w in long if w.start >= 0] == [(12, "段上")]
+  assert [w.offset for w in windows if w.qid == "S"] == [0, 4, 8, 12, 16]
+  assert M.window_question("问" * 8, 12) == "问" * 8 and M.window_question("问" * 9, 12) == "问" * 4
 
 
 @pytest.mark.parametrize("answers,prediction,em,f1", [

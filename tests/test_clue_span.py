@@ -91,6 +91,21 @@ def test_windows_encode_as_the_reference(tmp_path):
   assert mrc_metrics.cmrc_strict([w.qid for w in windows], cells, scores, labels) == 1.0
 
 
+def test_long_question_is_cut_to_fit(tmp_path):
+  """A question leaving no room for context within seq_len is cut (`M.window_question`): its windows encode
+  within seq_len with the answer labelled; the reference's would hold no context and run past maxlen."""
+  tok = _tokenizer(tmp_path)
+  _cmrc_file(tmp_path / "dev.json", [("L", "问什么谁" * 4, "J这是", 9)])
+  questions, windows = M.read_cmrc(tmp_path / "dev.json", maxlen=16, stride=4)
+  data = mrc.encode_windows(tok, questions, windows, 16)
+  assert {w.question for w in windows} == {"问什么谁问什"} and data.truncated == 0
+  q = 6 + 2  # [CLS] question [SEP]
+  assert (data.arrays["input_ids"][:, 1:q - 1] == [tok.token_to_id(c) for c in "问什么谁问什"]).all()
+  (r,) = np.flatnonzero(data.arrays["labels"][:, 0])
+  i, j = data.arrays["labels"][r]
+  assert windows[r].context[data.starts[r, i]:data.ends[r, j]] == "j这是"
+
+
 def test_answer_text_maps_normalised_spans_to_the_file_characters():
   """Spans are found in the normalised window (lower case, NFD, marks dropped); the answer is the file's text."""
   for ctx, answer in [("首尔（서울）是韩国首都，Café Paris位于此。", "Café Paris"),  # Hangul expands, é keeps its length

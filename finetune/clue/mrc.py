@@ -177,7 +177,17 @@ class MrcTask(Task):
     for name in names:
       path = folder / mrc_data.FILES["cmrc2018"][name][0]
       questions, windows = mrc_data.read_cmrc(path, self.seq_len, cfg.clue.stride)
-      gaps = sum(cfg.clue.stride > self.seq_len - len(mrc_data.normalize(q.question)) - 3 for q in questions)
+      misaligned = sum(q.misaligned for q in questions)
+      if misaligned:  # trained on as the reference does, but worth knowing
+        log(f"cmrc2018 {path}: {misaligned} answers are not at their answer_start: labelled at answer_start "
+            f"(the answer's length from there), as the reference")
+      cut = sum(len(mrc_data.window_question(q.question, self.seq_len)) < len(mrc_data.normalize(q.question))
+                for q in questions)
+      if cut:  # the reference would give them windows without context
+        log(f"cmrc2018 {path}: {cut} questions of {self.seq_len - 3}+ characters leave no room for context within "
+            f"seq_len {self.seq_len}: cut to their first {(self.seq_len - 3) // 2} characters")
+      gaps = sum(cfg.clue.stride > self.seq_len - len(mrc_data.window_question(q.question, self.seq_len)) - 3
+                 for q in questions)
       if gaps:  # windows narrower than the stride leave context unseen (the reference would too): say so
         log(f"cmrc2018 {path}: for {gaps} questions config.clue.stride={cfg.clue.stride} exceeds the window "
             f"(seq_len {self.seq_len} - question - 3 characters): parts of their contexts are in no window")

@@ -7,7 +7,9 @@ CMRC2018 (SQuAD layout): {"data": [{"paragraphs": [{"context", "qas": [{"id", "q
   (maxlen - len(question) - 3) characters, starting every `stride` = 128 characters, the last one reaching the
   end; a window holds the answer iff the whole answer lies inside it. As the reference, one set of windows
   per answer (dev questions have up to 3), texts lower-cased with accents stripped (bert4keras
-  `lowercase_and_normalize`); a question without answers (the test file) gets one set without answers.
+  `lowercase_and_normalize`); a question without answers (the test file) gets one set without answers. A
+  question leaving no room for context is cut to (maxlen - 3) // 2 characters (`window_question`; the
+  reference's windows would hold no context).
 C3: one JSON list of [paragraphs, [{"question", "choice": [...], "answer", "id"}...], doc id]; the passage is
   the paragraphs joined by "||", choices padded to 4 with "无效答案" (and cut at 4); the label is the answer's
   index in the choices (test questions have no answer: label None).
@@ -19,7 +21,9 @@ CHID: JSON lines {"candidates": [10 idioms], "content": [paragraphs with #idiom0
   candidates and are assigned jointly (`mrc_metrics.assign_idioms`).
 
 Bad lines raise DataError naming the file and line (JSON lines, C3's list elements) or the JSON path
-(CMRC2018's nested objects, e.g. `data[3].paragraphs[0].qas[2]`).
+(CMRC2018's nested objects, e.g. `data[3].paragraphs[0].qas[2]`). A CMRC2018 answer whose text is not at its
+answer_start is no error: as the reference, its label is the span of the answer's length at answer_start
+(counted in `Question.misaligned`); an answer_start outside the context is.
 """
 
 from __future__ import annotations
@@ -78,19 +82,29 @@ class Question:
   question: str
   context: str  # as in the file (answers are cut from it)
   answers: tuple[str, ...]
+  misaligned: int = 0  # answers whose text is not at their answer_start (labelled there all the same)
+
+
+def window_question(question: str, maxlen: int) -> str:
+  """The normalised question as windows hold it: cut to its first (maxlen - 3) // 2 characters where it leaves
+  no room for context. (The reference keeps it whole: its windows then hold no context at all, and their
+  sequences run past maxlen, which fixed-length arrays cannot hold.)"""
+  q = normalize(question)
+  return q[:(maxlen - 3) // 2] if len(q) >= maxlen - 3 else q
 
 
 def cmrc_windows(qid: str, question: str, context: str, answer: str, start: int, maxlen: int = 512,
                  stride: int = 128) -> list[Window]:
   """The reference's `stride_split`: windows of (maxlen - len(question) - 3) characters every `stride`; `start`:
-  the answer's first character in `context` as written (answer_start)."""
-  q, c, a = normalize(question), normalize(context), normalize(answer)
+  the answer's first character in `context` as written (answer_start). A question leaving no room for context
+  is cut (`window_question`)."""
+  q, c, a = window_question(question, maxlen), normalize(context), normalize(answer)
   if start > 0:  # the answer's start in the normalised context (the reference keeps the file's: off by the
     start = len(normalize(context[:start]))  # characters normalising adds or drops before it, e.g. Hangul)
   end = start + len(a)
   width = maxlen - len(q) - 3
   if width <= 0:
-    raise ValueError(f"question {qid!r} is {len(q)} characters: no room for context within maxlen {maxlen}")
+    raise ValueError(f"maxlen {maxlen} leaves no room for context (it must be at least 4)")
   out, n = [], 0
   while True:
     lo, hi = n * stride, n * stride + width
@@ -125,13 +139,16 @@ def read_cmrc(path: PathLike, maxlen: int = 512, stride: int = 128) -> tuple[lis
       for k, qa in enumerate(field(par, "qas", list, where_par)):
         where = f"{where_par}.qas[{k}]"
         qid, question = str(field(qa, "id", (str, int), where)).strip(), field(qa, "question", str, where)
-        answers = []
+        answers, misaligned = [], 0
         for m, ans in enumerate(qa.get("answers") or []):
           text = field(ans, "text", str, f"{where}.answers[{m}]")
           start = field(ans, "answer_start", int, f"{where}.answers[{m}]")
-          if start != -1 and context[start:start + len(text)] != text:
-            raise DataError(f"{where}.answers[{m}]: {text!r} is not at answer_start {start} of the context "
-                            f"({context[start:start + len(text)]!r})")
+          if start < -1 or start + len(text) > len(context):
+            raise DataError(f"{where}.answers[{m}]: answer_start {start} (+ {len(text)} characters of {text!r}) "
+                            f"is outside the context ({len(context)} characters)")
+          # A text not at its answer_start is labelled at answer_start all the same, as the reference trains
+          # (its span: len(text) characters from answer_start); counted, prepare says how many.
+          misaligned += start != -1 and context[start:start + len(text)] != text
           answers.append((text, start))
         try:
           if not answers or answers[0][1] == -1:  # the test file: windows without answers, once
@@ -142,7 +159,7 @@ def read_cmrc(path: PathLike, maxlen: int = 512, stride: int = 128) -> tuple[lis
             windows.extend(cmrc_windows(qid, question, context, text, start, maxlen, stride))
         except ValueError as e:
           raise DataError(f"{where}: {e}") from None
-        questions.append(Question(qid, question, context, tuple(t for t, s in answers if s != -1)))
+        questions.append(Question(qid, question, context, tuple(t for t, s in answers if s != -1), misaligned))
   if not questions:
     raise DataError(f"{path}: no questions")
   return questions, windows
