@@ -117,7 +117,7 @@ def test_a_label_that_runs_out_is_skipped():
   assert sorted(order.tolist()) == list(range(12)) and labels[order[:4]].tolist().count(1) == 2
 
 
-@pytest.mark.parametrize("raw, why", [(b"\xff\xfe bad", "not UTF-8"), (b"ok\x00ok", "control character")])
+@pytest.mark.parametrize("raw, why", [(b"\xff\xfe bad", "invalid UTF-8"), (b"ok\x00ok", "control character")])
 def test_malformed_review_line_names_file_and_line(tmp_path, raw, why):
   src = _source(tmp_path, "好\n不错\n".encode() + raw + b"\n", "差\n")
   with pytest.raises(reviews.DataError, match=rf"{tmp_path / 'pos.txt'}:3: {why}"):

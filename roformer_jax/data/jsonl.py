@@ -38,6 +38,16 @@ def raw_lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
       yield n, (raw[len(BOM):] if n == 1 and raw.startswith(BOM) else raw)
 
 
+def text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+  """(1-based line number, text) of every line of `path`, as `raw_lines` splits them; invalid UTF-8 raises
+  DataError naming the file and line."""
+  for n, raw in raw_lines(path):
+    try:
+      yield n, raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}:{n}: invalid UTF-8 at byte {e.start}") from None
+
+
 def read_text(path: PathLike) -> str:
   """The whole of `path` as text: UTF-8 with an optional BOM, line endings made \\n (so a JSON decoder's line
   numbers are the file's); invalid UTF-8 raises DataError naming the file and line."""
@@ -61,13 +71,9 @@ def read_jsonl(path: PathLike) -> Iterator[tuple[int, dict]]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such file")
-  for n, raw in raw_lines(path):
+  for n, line in text_lines(path):
     where = f"{path}:{n}"
-    try:
-      line = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
-    if not line:
+    if not line.strip():
       continue
     try:
       obj = json.loads(line)

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from roformer_jax.data.jsonl import raw_lines
+from roformer_jax.data.jsonl import text_lines
 from roformer_jax.data.sources import DataError
 
 SUFFIXES = (".tsv", ".txt", ".jsonl")
@@ -34,11 +34,7 @@ def read_labeled(path: str | os.PathLike, *, text_field: str = "text", label_fie
   if path.suffix not in SUFFIXES:
     raise DataError(f"{path}: unknown data format {path.suffix!r}; expected one of {SUFFIXES}")
   out = []
-  for number, raw in raw_lines(path):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise DataError(f"{path}:{number}: invalid UTF-8 at byte {e.start}") from None
+  for number, line in text_lines(path):
     if not line.strip():
       continue
     text, label = _parse_json(line, text_field, label_field) if path.suffix == ".jsonl" else _parse_tsv(line)

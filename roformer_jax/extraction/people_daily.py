@@ -51,7 +51,7 @@ from typing import Optional, Union
 import numpy as np
 
 from roformer_jax import corpus, splits
-from roformer_jax.data.jsonl import DataError, field, raw_lines, read_jsonl, write_jsonl
+from roformer_jax.data.jsonl import DataError, field, read_jsonl, text_lines, write_jsonl
 from roformer_jax.extraction.readers import NerExample
 
 PathLike = Union[str, os.PathLike]
@@ -187,12 +187,8 @@ def read_people_daily(path: Optional[PathLike] = None) -> tuple[list[tuple[int, 
   path = source_file(path)
   seen: dict[str, list] = {}
   out, stats = [], dict(paragraphs=0, sentences=0, duplicates=0, conflicting_duplicates=0)
-  for n, raw in raw_lines(path):
-    where = f"{path}:{n}"
-    try:
-      line = raw.decode("utf-8").strip()
-    except UnicodeDecodeError as e:
-      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
+  for n, line in text_lines(path):
+    where, line = f"{path}:{n}", line.strip()
     if not line:
       continue
     paragraph = stats["paragraphs"]

@@ -106,12 +106,8 @@ def _bad_char(text: str) -> Optional[str]:
 def read_review_file(path: PathLike) -> Iterator[tuple[int, str]]:
   """(1-based line number, stripped text) of every non-blank line; a line that is not UTF-8 or holds
   a control character raises `DataError` naming the file and line."""
-  from roformer_jax.data.jsonl import raw_lines  # lazily: the data package imports tfds
-  for n, raw in raw_lines(path):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-      raise DataError(f"{path}:{n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+  from roformer_jax.data.jsonl import text_lines  # lazily: the data package imports tfds
+  for n, line in text_lines(path):
     line = line.strip()  # also strips the full-width spaces of an "empty" line
     bad = _bad_char(line)
     if bad is not None:

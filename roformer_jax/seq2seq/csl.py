@@ -42,17 +42,13 @@ class TitleExample:
 
 def read_csl_tsv(path: PathLike) -> list[TitleExample]:
   """One split: `title<TAB>abstract` lines (blank lines skipped)."""
-  from roformer_jax.data.jsonl import DataError, raw_lines
+  from roformer_jax.data.jsonl import DataError, text_lines
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: CSL split not found (expected title<TAB>abstract lines)")
   out = []
-  for n, raw in raw_lines(path):
+  for n, line in text_lines(path):  # not strip()ped: a leading tab is an empty title
     where = f"{path}:{n}"
-    try:
-      line = raw.decode("utf-8")  # not strip(): a leading tab is an empty title
-    except UnicodeDecodeError as e:
-      raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
     if not line.strip():
       continue
     fields = line.split("\t")
