@@ -100,13 +100,20 @@ def test_piecewise_schedule_refuses_a_warmup_it_would_ignore():
     optim.make_schedule(1.0, 100, 1000, "piecewise", points={"10": 1.0})
 
 
-@pytest.mark.parametrize("points", [{"10": 1.0, "30": 0.5, "50": 0.1}, {"0": 1.0}, {"0": 0.5, "10": 1.0},
-                                    {"5": 1.0, "5000": 0.2}, {"4000": 1.0, "40000": 0.5, "160000": 0.1}])
-def test_piecewise_schedule_matches_bert4keras(points, tmp_path):
+POINTS_CASES = [{"10": 1.0, "30": 0.5, "50": 0.1}, {"0": 1.0}, {"0": 0.5, "10": 1.0}, {"5": 1.0, "5000": 0.2},
+                {"4000": 1.0, "40000": 0.5, "160000": 0.1}]
+
+
+def test_piecewise_schedule_matches_bert4keras(tmp_path):
   """make_schedule('piecewise') is bert4keras' piecewise_linear(iterations, lr_schedule) at and between the
-  knots, with or without a knot at step 0 (the multiplier extend_with_piecewise_linear_lr applies at each step)."""
-  last = max(int(s) for s in points)
-  steps = sorted({*range(min(last + 10, 60)), max(last - 1, 0), last, last + 1, *(int(s) for s in points)})
-  ref = bert4keras_ref.run([{"piecewise": {"schedule": points, "steps": steps}}], tmp_path)[0]
-  ours = optim.make_schedule(1.0, 0, 100, "piecewise", points=points)
-  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(steps))), ref, rtol=1e-6, atol=1e-7)
+  knots, with or without a knot at step 0 (the multiplier extend_with_piecewise_linear_lr applies at each step).
+  All cases in one bert4keras process (TensorFlow takes seconds to start)."""
+  cases = []
+  for points in POINTS_CASES:
+    last = max(int(s) for s in points)
+    cases.append((points, sorted({*range(min(last + 10, 60)), max(last - 1, 0), last, last + 1,
+                                  *(int(s) for s in points)})))
+  refs = bert4keras_ref.run([{"piecewise": {"schedule": p, "steps": steps}} for p, steps in cases], tmp_path)
+  for (points, steps), ref in zip(cases, refs):
+    ours = optim.make_schedule(1.0, 0, 100, "piecewise", points=points)
+    np.testing.assert_allclose(np.asarray(ours(jnp.asarray(steps))), ref, rtol=1e-6, atol=1e-7, err_msg=str(points))
