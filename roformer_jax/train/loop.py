@@ -96,6 +96,7 @@ class Runner:
   def __init__(self, task: Task, mesh, local_batch: int):
     self.task, self.mesh, self.local_batch = task, mesh, local_batch
     self._jitted: dict[Any, Callable] = {}
+    self._orders: dict[int, Any] = {}  # global rows -> process_order, or None where it is the identity
 
   def _jit(self, fn: Callable) -> Callable:
     import jax
@@ -117,8 +118,11 @@ class Runner:
     from roformer_jax.train import sharding
     out = self._run(fn, params, local_batch)
     rows = jax.process_count() * len(next(iter(local_batch.values())))
-    order = sharding.process_order(self.mesh, rows)
-    if (order == np.arange(rows)).all():
+    if rows not in self._orders:  # once per batch size, not per batch; None: the identity
+      order = sharding.process_order(self.mesh, rows)
+      self._orders[rows] = None if (order == np.arange(rows)).all() else order
+    order = self._orders[rows]
+    if order is None:
       return out
     return jax.tree_util.tree_map(lambda x: x[order] if np.ndim(x) and np.shape(x)[0] == rows else x, out)
 
@@ -241,11 +245,12 @@ def _check_batch(cfg, mesh) -> int:
   # hold `local` rows that no other process's devices hold. Batch axes fewer than the processes (e.g. mesh.tensor
   # across hosts) would make each process's rows a whole batch of its own: different params on each host, silently.
   from roformer_jax.train import sharding
+  blocks = sharding.process_blocks(mesh, cfg.batch_size)
   owners: dict[tuple[int, int], set[int]] = {}
-  for device, (rows,) in sharding.batch_sharding(mesh, 1).devices_indices_map((cfg.batch_size,)).items():
-    block = (rows.start or 0, cfg.batch_size if rows.stop is None else rows.stop)
-    owners.setdefault(block, set()).add(device.process_index)
-  held = {p: sum(b - a for (a, b), o in owners.items() if p in o) for p in range(jax.process_count())}
+  for p, held_blocks in blocks.items():
+    for block in held_blocks:
+      owners.setdefault(block, set()).add(p)
+  held = {p: sum(b - a for a, b in blocks.get(p, ())) for p in range(jax.process_count())}
   if any(len(o) > 1 for o in owners.values()) or any(n != local for n in held.values()):
     (a, b), o = next(((k, o) for k, o in owners.items() if len(o) > 1), next(iter(owners.items())))
     raise ConfigError(f"config.mesh: {dict(mesh.shape)} puts rows {a}..{b - 1} of the batch on the devices of "
@@ -306,10 +311,10 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
                       keep_every=cfg.keep_every or None, async_save=cfg.async_checkpoint)
   best = BestCheckpoint(workdir / "best", cfg.best_metric, async_save=cfg.async_checkpoint) if cfg.best_metric else None
   try:
-    restored = ckpt.restore(abstract, train_iter, reposition=task.reposition)
-    if restored is not None:
+    if ckpt.all_steps():  # before restoring: a refused config need not read the state first
       check_resume_config(cfg, workdir, writer.log)
-    elif is_main:
+    restored = ckpt.restore(abstract, train_iter, reposition=task.reposition)
+    if restored is None and is_main:
       write_run_config(cfg, workdir)
     if restored is None:
       state = step_lib.init_state(task.init_params, tx, cfg.seed, shardings)

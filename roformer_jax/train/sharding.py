@@ -108,14 +108,19 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in local.items()}
 
 
+def process_blocks(mesh: Mesh, rows: int) -> dict[int, list[tuple[int, int]]]:
+  """{process index: the [start, stop) blocks of a `rows`-row global batch its devices hold, in order}."""
+  blocks: dict[int, set[tuple[int, int]]] = {}
+  for device, (index,) in batch_sharding(mesh, 1).devices_indices_map((rows,)).items():
+    blocks.setdefault(device.process_index, set()).add((index.start or 0, rows if index.stop is None else index.stop))
+  return {p: sorted(b) for p, b in sorted(blocks.items())}
+
+
 def process_order(mesh: Mesh, rows: int) -> np.ndarray:
   """[rows]: the global batch row that row i of the processes' data (process 0's rows, then process 1's, ...)
   lands in under `global_batch`. A process's rows fill the batch blocks its devices hold, in order, and those need
   not be one block in process order (a TPU pod host's chips are not consecutive along the batch axes)."""
-  blocks: dict[int, set[tuple[int, int]]] = {}
-  for device, (index,) in batch_sharding(mesh, 1).devices_indices_map((rows,)).items():
-    blocks.setdefault(device.process_index, set()).add((index.start or 0, rows if index.stop is None else index.stop))
-  return np.concatenate([np.arange(a, b) for p in sorted(blocks) for a, b in sorted(blocks[p])])
+  return np.concatenate([np.arange(a, b) for blocks in process_blocks(mesh, rows).values() for a, b in blocks])
 
 
 def bytes_per_device(tree: Any) -> dict[Any, int]:
