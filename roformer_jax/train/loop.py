@@ -311,10 +311,11 @@ def train(task: Task, cfg, workdir: str | Path) -> dict[str, Any]:
                       keep_every=cfg.keep_every or None, async_save=cfg.async_checkpoint)
   best = BestCheckpoint(workdir / "best", cfg.best_metric, async_save=cfg.async_checkpoint) if cfg.best_metric else None
   try:
-    if ckpt.all_steps():  # before restoring: a refused config need not read the state first
-      check_resume_config(cfg, workdir, writer.log)
+    # The restore first: a checkpoint of another model is refused there, naming a tensor that differs.
     restored = ckpt.restore(abstract, train_iter, reposition=task.reposition)
-    if restored is None and is_main:
+    if restored is not None:
+      check_resume_config(cfg, workdir, writer.log)
+    elif is_main:
       write_run_config(cfg, workdir)
     if restored is None:
       state = step_lib.init_state(task.init_params, tx, cfg.seed, shardings)
